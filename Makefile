@@ -1,0 +1,71 @@
+# srt-launcher — build, demo, test, benchmark.
+# Every target installs what it needs on a fresh Debian machine (run as root).
+
+SHELL := /bin/bash
+# Debian's interpreter, not a pyenv build under /root: the unprivileged test
+# runs (uid 65534) must be able to execute the venv's python.
+PYTHON ?= /usr/bin/python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip --disable-pip-version-check -q
+
+SETUP_APT := python3-venv python3-dev gcc libcap-dev libseccomp2 util-linux
+TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2
+BENCH_APT := bubblewrap socat procps
+
+SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) pyproject.toml
+
+.PHONY: setup demo test bench bpf clean
+
+setup: $(VENV)/.installed
+
+# Install missing Debian packages only (no apt traffic when all are present).
+# policy-rc.d keeps sshd/tinyproxy from being started as services on install.
+define apt_ensure
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "need root to apt-get install:$$missing" >&2; exit 1; fi; \
+	  cleanup=""; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; cleanup=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+	  [ -z "$$cleanup" ] || rm -f /usr/sbin/policy-rc.d; exit $$rc; \
+	fi
+endef
+
+$(VENV)/.deps: pyproject.toml
+	$(call apt_ensure,$(SETUP_APT))
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install wheel "setuptools>=61"
+	$(PIP) install click python-prctl pyseccomp pyroute2 pytest
+	touch $@
+
+# A real (non-editable) install, so the launcher under test is the one a user
+# gets from the wheel, bpf blobs included. World-readable for the uid-65534 runs.
+$(VENV)/.installed: $(VENV)/.deps $(SOURCES)
+	@# Built from a scratch copy: no build/ or egg-info in the checkout, and
+	@# two venvs can be (re)installed at once without sharing a build dir.
+	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf "$$stage"/ && \
+	  $(PIP) install --no-deps --no-build-isolation --force-reinstall "$$stage" >/dev/null; \
+	  rc=$$?; rm -rf "$$stage"; exit $$rc
+	chmod -R a+rX $(VENV)
+	touch $@
+
+demo: setup
+	@bash scripts/demo.sh $(VENV)/bin/srt-launcher
+
+test: setup
+	$(call apt_ensure,$(TEST_APT))
+	$(VPY) -m pytest tests
+
+bench: setup
+	$(call apt_ensure,$(BENCH_APT))
+	$(VPY) tests/bench/run_bench.py
+
+bpf: $(VENV)/.deps
+	$(VPY) bpf/generate.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,34 @@
+"""Entry point of the multicall command (SPEC §1).
+
+``run`` takes a fast path that never imports click, pyroute2 or pyseccomp
+(SPEC §4): its argv is parsed by hand because mount order is semantic. Every
+other subcommand, and ``--help`` anywhere, goes through the click group.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _wants_help(args: list[str]) -> bool:
+    options = args[: args.index("--")] if "--" in args else args
+    return "--help" in options or "-h" in options
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Multicall: the variable selected this program; the workload must not see it.
+    if os.environ.get("ARGV0") == "srt-launcher":
+        del os.environ["ARGV0"]
+    if args and args[0] == "run" and not _wants_help(args[1:]):
+        from srt_launcher.commands import run
+
+        return run.main(args[1:])
+    from srt_launcher.cli import cli
+
+    return cli.main(args=args, prog_name="srt-launcher", standalone_mode=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""``srt-launcher run``: the process tree of SPEC §2.2, in one place.
+
+::
+
+    srt-launcher run (stub)   host PID ns, host mount ns, sandbox net ns
+     ├─ relay :PORT           host PID + mount ns, sandbox net ns; forked in phase 1,
+     │                        so the workload can neither see, signal nor trace it
+     └─ PID 1 (reaper)        sandbox PID ns + mount ns; does the mounts and pivot_root
+         └─ worker            caps dropped, fds closed, env set, seccomp, execvp(COMMAND)
+
+Stub:   refuse setuid/setgid → record stdout's tty and the cwd → SIGCHLD to
+        default → NO_NEW_PRIVS, PDEATHSIG → resolve bind sources → phase 1
+        (only with --unshare-net/--unshare-user: NET [+USER], lo up, relays)
+        → phase 2 (PID [+USER]) → DUMPABLE=0 → fork PID 1 → forward signals,
+        drop capabilities, wait, SIGKILL the relays' groups, exit with PID 1's status.
+PID 1:  PDEATHSIG again → setsid (no controlling tty: TIOCSTI) → new mount ns
+        → build the root (mount/root.py) → restore cwd → fork the worker →
+        forward signals, drop capabilities, reap everything, exit with the worker's status.
+Worker: drop every capability → close fds > 2 → --setenv → seccomp → exec.
+
+The mount namespace is unshared by PID 1 rather than the stub, so that the
+stub stays in the host mount namespace as the tree above says: a stub inside
+the sandbox's mount namespace would have its root moved by pivot_root.
+
+Three processes is the floor: entering a PID namespace needs a fork, and a
+workload that is PID 1 would ignore SIGTERM.
+
+Signals to forward are blocked from the first instruction and unblocked
+only once their forwarding target exists, so a signal that arrives early is
+held, not lost: it reaches the worker, which unblocks it just before exec
+and dies of it, and the launch ends with 128+signal.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+# _signal, not signal: the signal module builds enums at import (≈5 ms
+# measured), and the launch path pays only for what it uses (SPEC §4).
+import _signal
+
+from srt_launcher import kernel, namespaces, privileges
+from srt_launcher.errors import (
+    EXEC_NOT_EXECUTABLE,
+    EXEC_NOT_FOUND,
+    SETUP_FAILED,
+    USAGE,
+    LauncherError,
+    report,
+)
+from srt_launcher.mount.ops import MountOp
+
+FORWARDED_SIGNALS = (
+    _signal.SIGTERM,
+    _signal.SIGINT,
+    _signal.SIGHUP,
+    _signal.SIGQUIT,
+    _signal.SIGUSR1,
+    _signal.SIGUSR2,
+)
+# Python itself sets these to SIG_IGN at startup, and ignored signals survive
+# exec: the workload must get the default back (as subprocess does).
+_IGNORED_BY_PYTHON = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+_FLAG_OPTIONS = ("--unshare-net", "--unshare-user", "--seccomp-unix-block")
+_TWO_PATH_MOUNTS = {"--bind": "bind", "--ro-bind": "ro-bind"}
+_ONE_PATH_MOUNTS = {"--tmpfs": "tmpfs", "--dev": "dev", "--proc": "proc", "--host-proc": "host-proc"}
+
+
+class RunConfig:
+    """The parsed command line; mount ops keep their argv order."""
+
+    __slots__ = ("unshare_net", "unshare_user", "seccomp_unix_block", "ops", "relays", "setenv", "command")
+
+    def __init__(self) -> None:
+        self.unshare_net = False
+        self.unshare_user = False
+        self.seccomp_unix_block = False
+        self.ops: list[MountOp] = []
+        self.relays: list[tuple[int, str]] = []
+        self.setenv: list[tuple[str, str]] = []
+        self.command: list[str] = []
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return launch(parse_args(argv))
+    except LauncherError as err:
+        return report(err)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def _usage(what: str, value: str | None = None) -> LauncherError:
+    return LauncherError.usage_error(what, value)
+
+
+def _values(argv: list[str], index: int, count: int) -> list[str]:
+    values = argv[index + 1 : index + 1 + count]
+    if len(values) < count or "--" in values:
+        raise _usage(f"{argv[index]}: needs {count} value{'s' if count > 1 else ''}")
+    return values
+
+
+def _absolute(option: str, path: str) -> str:
+    if not path.startswith("/"):
+        raise _usage(f"{option}: path must be absolute", path)
+    return os.path.normpath(path) if path != "/" else "/"
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 65535:
+        raise _usage("--relay: port must be a number from 1 to 65535", value)
+    return int(value)
+
+
+def parse_args(argv: list[str]) -> RunConfig:
+    config = RunConfig()
+    for arg in argv:
+        if "\0" in arg:
+            raise _usage("argument contains a NUL byte", arg.replace("\0", "\\0"))
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            config.command = argv[i + 1 :]
+            if not config.command:
+                raise _usage("no command after --")
+            break
+        if arg in _FLAG_OPTIONS:
+            setattr(config, arg[2:].replace("-", "_"), True)
+            i += 1
+        elif arg in _TWO_PATH_MOUNTS:
+            source, dest = _values(argv, i, 2)
+            config.ops.append(MountOp(_TWO_PATH_MOUNTS[arg], _absolute(arg, dest), _absolute(arg, source)))
+            i += 3
+        elif arg in _ONE_PATH_MOUNTS:
+            (dest,) = _values(argv, i, 1)
+            config.ops.append(MountOp(_ONE_PATH_MOUNTS[arg], _absolute(arg, dest)))
+            i += 2
+        elif arg == "--relay":
+            port, path = _values(argv, i, 2)
+            if not path:
+                raise _usage("--relay: empty Unix socket path")
+            config.relays.append((_port(port), path))
+            i += 3
+        elif arg == "--setenv":
+            key, value = _values(argv, i, 2)
+            if not key or "=" in key:
+                raise _usage("--setenv: invalid variable name", key)
+            config.setenv.append((key, value))
+            i += 3
+        else:
+            raise _usage("unknown option" if arg.startswith("-") else "expected an option or --", arg)
+    else:
+        raise _usage("missing -- and a command")
+    if config.relays and not config.unshare_net:
+        raise _usage("--relay needs --unshare-net")
+    return config
+
+
+# ---------------------------------------------------------------- the stub
+
+
+def launch(config: RunConfig) -> int:
+    _refuse_setid()
+    tty_path = _stdout_tty()
+    cwd = _current_dir()
+    # An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap our
+    # children: waitpid would then never report the worker's status.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+    caller_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    privileges.set_no_new_privs()
+    privileges.set_parent_death_signal(_signal.SIGKILL)
+    _resolve_sources(config.ops)
+    seccomp_program = _load_seccomp() if config.seccomp_unix_block else None
+    env = dict(os.environ)
+    relays: list[int] = []
+    try:
+        in_user_ns = False
+        if config.unshare_net or config.unshare_user:
+            relays, in_user_ns = _phase_one(config)
+        namespaces.unshare(kernel.CLONE_NEWPID, with_user=config.unshare_user and not in_user_ns)
+        privileges.set_undumpable()
+        # PID 1 learns through this pipe whether the stub died before PID 1
+        # could arm its own PDEATHSIG (EOF: every write end is closed).
+        alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
+        pid1 = os.fork()
+    except BaseException:
+        _kill_relays(relays)
+        raise
+    if pid1 == 0:
+        os.close(alive_write)
+        _pid1(config, env, cwd, tty_path, seccomp_program, caller_mask, alive_read)
+    os.close(alive_read)
+    forward = _Forwarder(pid1)
+    forward.install()
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
+    privileges.drop_all_capabilities()
+    live_relays = set(relays)
+    status = _wait_for(pid1, forward, live_relays.discard)
+    _kill_relays(live_relays)
+    os.close(alive_write)
+    return status
+
+
+def _refuse_setid() -> None:
+    ruid, euid, _ = os.getresuid()
+    rgid, egid, _ = os.getresgid()
+    if ruid != euid or rgid != egid:
+        raise LauncherError(
+            "refusing to run setuid/setgid", f"uid {ruid}/{euid} gid {rgid}/{egid}", "install it as a plain executable"
+        )
+
+
+def _stdout_tty() -> str | None:
+    try:
+        return os.ttyname(1) if os.isatty(1) else None
+    except OSError:
+        return None
+
+
+def _current_dir() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None  # deleted or unreachable: PID 1 falls back to $HOME, then /
+
+
+def _resolve_sources(ops: list[MountOp]) -> None:
+    """Resolve bind sources on the host root, before any namespace exists.
+
+    A missing source fails the launch here, before any process is forked.
+    """
+    for op in ops:
+        if op.source is None:
+            continue
+        try:
+            resolved = os.path.realpath(op.source, strict=True)
+            op.source_is_dir = stat.S_ISDIR(os.stat(resolved).st_mode)
+        except OSError as err:
+            raise LauncherError.from_os(f"{op.kind} source", op.source, err) from None
+        op.source = resolved
+
+
+def _load_seccomp() -> bytes:
+    from srt_launcher import seccomp
+
+    return seccomp.load_filter()
+
+
+def _phase_one(config: RunConfig) -> tuple[list[int], bool]:
+    """NET (and USER if needed) first, so relays bound here live in the sandbox's
+    network namespace while staying in the host's PID and mount namespaces."""
+    in_user_ns = namespaces.unshare(kernel.CLONE_NEWNET if config.unshare_net else 0, with_user=config.unshare_user)
+    if not config.unshare_net:
+        return [], in_user_ns
+    from srt_launcher import network
+
+    network.bring_up_loopback()
+    if not config.relays:
+        return [], in_user_ns
+    from srt_launcher.relay import inside
+
+    return inside.start_relays(config.relays), in_user_ns
+
+
+def _kill_relays(relays: set[int] | list[int]) -> None:
+    for pid in relays:
+        try:
+            os.killpg(pid, _signal.SIGKILL)  # the relay and its per-connection children
+        except ProcessLookupError:
+            pass
+    for pid in relays:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+# ---------------------------------------------------------------- waiting and signals
+
+
+class _Forwarder:
+    """Signal handler passing forwarded signals on to one child while it is unreaped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.pid > 0:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass
+
+    def install(self) -> None:
+        for signum in FORWARDED_SIGNALS:
+            _signal.signal(signum, self)
+
+
+def exit_status(wait_status: int) -> int:
+    """The launcher's exit status for a child's wait status: N, or 128+S if killed by S."""
+    code = os.waitstatus_to_exitcode(wait_status)
+    return 128 - code if code < 0 else code
+
+
+def _wait_for(target: int, forward: _Forwarder, on_other_exit) -> int:  # type: ignore[no-untyped-def]
+    """Reap children until ``target`` exits; return its exit status.
+
+    waitid(WNOWAIT) tells who exited before reaping it: forwarding to the
+    target stops while its PID is still ours, so a late signal can never hit
+    a recycled PID.
+    """
+    while True:
+        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
+        pid = info.si_pid
+        if pid == target:
+            forward.pid = 0
+        _, status = os.waitpid(pid, 0)
+        if pid == target:
+            return exit_status(status)
+        on_other_exit(pid)
+
+
+# ---------------------------------------------------------------- PID 1
+
+
+def _pid1(
+    config: RunConfig,
+    env: dict[str, str],
+    cwd: str | None,
+    tty_path: str | None,
+    seccomp_program: bytes | None,
+    caller_mask: set[int],
+    alive_read: int,
+) -> None:
+    code = SETUP_FAILED
+    try:
+        privileges.set_parent_death_signal(_signal.SIGKILL)  # PDEATHSIG is cleared by fork
+        if _stub_is_gone(alive_read):
+            return
+        os.setsid()
+        try:
+            kernel.unshare(kernel.CLONE_NEWNS)
+        except OSError as err:
+            raise LauncherError.from_os("unshare", "mount", err) from None
+        caller_umask = os.umask(0)  # mount points are created with exact modes
+
+        from srt_launcher.mount import root
+
+        root.build(config.ops, tty_path)
+        env["PWD"] = _enter_working_dir(cwd, env.get("HOME"))
+        worker = os.fork()
+        if worker == 0:
+            _worker(config, env, seccomp_program, caller_mask, caller_umask)
+        forward = _Forwarder(worker)
+        forward.install()
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
+        privileges.drop_all_capabilities()
+        code = _wait_for(worker, forward, _ignore)
+    except LauncherError as err:
+        code = report(err)
+    except BaseException:
+        code = _internal_error()
+    finally:
+        os._exit(code)
+
+
+def _ignore(pid: int) -> None:
+    """Orphans re-parented to PID 1 are reaped and forgotten."""
+
+
+def _stub_is_gone(alive_read: int) -> bool:
+    os.set_blocking(alive_read, False)
+    try:
+        gone = os.read(alive_read, 1) == b""
+    except BlockingIOError:
+        gone = False
+    os.close(alive_read)
+    return gone
+
+
+def _enter_working_dir(cwd: str | None, home: str | None) -> str:
+    for candidate in (cwd, home, "/"):
+        if candidate:
+            try:
+                os.chdir(candidate)
+                return candidate
+            except OSError:
+                continue
+    return "/"
+
+
+def _internal_error() -> int:
+    import traceback
+
+    traceback.print_exc()
+    return SETUP_FAILED
+
+
+# ---------------------------------------------------------------- worker
+
+
+def _worker(
+    config: RunConfig,
+    env: dict[str, str],
+    seccomp_program: bytes | None,
+    caller_mask: set[int],
+    caller_umask: int,
+) -> None:
+    code = SETUP_FAILED
+    try:
+        for signum in FORWARDED_SIGNALS + _IGNORED_BY_PYTHON:
+            _signal.signal(signum, _signal.SIG_DFL)
+        privileges.drop_all_capabilities()
+        # Nothing of the launcher's (pipes, the /proc handle) may leak to the workload.
+        kernel.close_fds_from(3)
+        os.umask(caller_umask)
+        for key, value in config.setenv:
+            env[key] = value
+        if seccomp_program is not None:
+            from srt_launcher import seccomp
+
+            seccomp.install(seccomp_program)
+        # From here a held SIGTERM (sent before the worker existed) kills us.
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
+        exec_command(config.command, env)
+    except LauncherError as err:
+        code = report(err)
+    except BaseException:
+        code = _internal_error()
+    finally:
+        os._exit(code)
+
+
+def exec_command(argv: list[str], env: dict[str, str]) -> None:
+    """execvp semantics: search $PATH of the workload's environment; EACCES is
+    remembered and the search goes on, as glibc's execvp does."""
+    name = argv[0]
+    if not name:
+        raise LauncherError("exec", name, "No such file or directory", EXEC_NOT_FOUND)
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        candidates = [os.path.join(directory or ".", name) for directory in path.split(":")]
+    denied: OSError | None = None
+    last: OSError | None = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, argv, env)
+        except OSError as err:
+            last = err
+            if err.errno == errno.EACCES:
+                denied = err
+            elif err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ESTALE, errno.ENODEV, errno.ETIMEDOUT):
+                break
+    failure = denied if denied is not None and (last is None or last.errno in (errno.ENOENT, errno.ENOTDIR)) else last
+    assert failure is not None
+    code = EXEC_NOT_FOUND if failure.errno in (errno.ENOENT, errno.ENOTDIR) else EXEC_NOT_EXECUTABLE
+    raise LauncherError.from_os("exec", name, failure, code)
+
+
+__all__ = ["RunConfig", "main", "parse_args", "launch", "exit_status", "exec_command", "USAGE"]

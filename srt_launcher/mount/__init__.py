@@ -1,0 +1,1 @@
+"""Filesystem setup of the sandbox: mount operations, mountinfo, the pivot_root sequence."""

@@ -1,0 +1,207 @@
+"""The mount operations of ``run`` (SPEC §2.4), applied by PID 1 in argv order.
+
+Between the two pivot_roots the host root is at ``/oldroot`` and the sandbox
+root being built at ``/newroot``: every operation reads its source under the
+first and writes its target under the second. The bind + remount sequence
+follows bubblewrap's ``bind_mount()`` in bind-mount.c.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from srt_launcher import kernel
+from srt_launcher.errors import LauncherError
+from srt_launcher.mount import mountinfo
+
+OLDROOT = "/oldroot"
+NEWROOT = "/newroot"
+
+# What each kind of bind adds on top of the flags a mount already has.
+BIND_READ_WRITE = kernel.MS_NOSUID | kernel.MS_NODEV
+BIND_READ_ONLY = kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV
+BIND_DEVICES = kernel.MS_NOSUID
+
+# Remounting a submount may fail harmlessly: EACCES, the mount point is not
+# reachable by us (so not by the workload either); EINVAL, the path is no
+# longer a mount point (shadowed by a later mount); ENOENT, it vanished.
+_TOLERATED_SUBMOUNT_ERRORS = (errno.EACCES, errno.EINVAL, errno.ENOENT)
+
+DEVICE_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_SYMLINKS = (
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("fd", "/proc/self/fd"),
+    ("core", "/proc/kcore"),
+    ("ptmx", "pts/ptmx"),
+)
+# Weird old corners of /proc that a process with write access could use to
+# hurt the host (sysrq-trigger can reboot it): made read-only where writable.
+PROC_COVERS = ("sys", "sysrq-trigger", "irq", "bus")
+
+
+class MountOp:
+    """One mount option of the command line: ``kind`` is the option name without dashes."""
+
+    __slots__ = ("kind", "dest", "source", "source_is_dir")
+
+    def __init__(self, kind: str, dest: str, source: str | None = None) -> None:
+        self.kind = kind
+        self.dest = dest
+        self.source = source
+        self.source_is_dir = True
+
+    def __repr__(self) -> str:
+        return f"MountOp({self.kind!r}, {self.dest!r}, {self.source!r})"
+
+
+class MountContext:
+    """What the operations need from before the pivot."""
+
+    __slots__ = ("proc_fd", "tty_path")
+
+    def __init__(self, proc_fd: int, tty_path: str | None) -> None:
+        self.proc_fd = proc_fd
+        self.tty_path = tty_path
+
+
+def host_path(path: str) -> str:
+    return OLDROOT if path == "/" else OLDROOT + path
+
+
+def sandbox_path(path: str) -> str:
+    return NEWROOT if path == "/" else NEWROOT + path
+
+
+def apply(op: MountOp, ctx: MountContext) -> None:
+    target = sandbox_path(op.dest)
+    if op.kind == "bind":
+        ensure_target(target, op.source_is_dir, op.kind, op.dest)
+        bind_mount(ctx, host_path(op.source), target, BIND_READ_WRITE, op.kind, op.dest)
+    elif op.kind == "ro-bind":
+        ensure_target(target, op.source_is_dir, op.kind, op.dest)
+        bind_mount(ctx, host_path(op.source), target, BIND_READ_ONLY, op.kind, op.dest)
+    elif op.kind == "tmpfs":
+        ensure_target(target, True, op.kind, op.dest)
+        mount_tmpfs(target, op.kind, op.dest)
+    elif op.kind == "proc":
+        ensure_target(target, True, op.kind, op.dest)
+        _mount(
+            "proc", target, "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None, op.kind, op.dest
+        )
+        cover_proc(ctx, target, op.kind, op.dest)
+    elif op.kind == "host-proc":
+        ensure_target(target, True, op.kind, op.dest)
+        bind_mount(ctx, host_path("/proc"), target, BIND_READ_WRITE | kernel.MS_NOEXEC, op.kind, op.dest)
+        cover_proc(ctx, target, op.kind, op.dest)
+    elif op.kind == "dev":
+        mount_dev(ctx, target, op.dest)
+    else:
+        raise AssertionError(f"unknown mount op {op.kind}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None, step: str, shown: str) -> None:
+    try:
+        kernel.mount(source, target, fstype, flags, data)
+    except OSError as err:
+        raise LauncherError.from_os(step, shown, err) from None
+
+
+def ensure_target(target: str, is_dir: bool, step: str, shown: str) -> None:
+    """Create a missing mount point matching the source's kind; never touch an existing one."""
+    if os.path.exists(target):
+        return
+    try:
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        if is_dir:
+            os.mkdir(target, 0o755)
+        else:
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    except OSError as err:
+        raise LauncherError.from_os(step, shown, err) from None
+
+
+def mount_tmpfs(target: str, step: str, shown: str) -> None:
+    _mount("tmpfs", target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755", step, shown)
+
+
+def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step: str, shown: str, recursive: bool = True) -> None:
+    """Bind ``source`` on ``target``, then remount it and every submount with ``add_flags``.
+
+    MS_BIND silently ignores MS_RDONLY/MS_NOSUID/MS_NODEV, and a recursive bind
+    copies submounts with their own flags, so a read-only bind of / would
+    leave e.g. a host tmpfs under it writable. Each mount is remounted with
+    the flags it already had plus ``add_flags``: a ro submount stays ro even
+    under a read-write bind.
+    """
+    _mount(source, target, None, kernel.MS_BIND | (kernel.MS_REC if recursive else 0), None, step, shown)
+    try:
+        path = mountinfo.kernel_path(target, ctx.proc_fd)
+        mounts = mountinfo.bind_and_submounts(mountinfo.read(ctx.proc_fd), path)
+    except OSError as err:
+        raise LauncherError.from_os(f"{step}: mountinfo", shown, err) from None
+    if not mounts:
+        raise LauncherError(f"{step}: mountinfo", shown, "the new bind mount is not in mountinfo")
+    bind, submounts = mounts[0], mounts[1:]
+    try:
+        _remount(path, bind.flags, add_flags)
+    except OSError as err:
+        raise LauncherError.from_os(f"{step}: remount", shown, err) from None
+    for sub in submounts:
+        try:
+            _remount(sub.mount_point, sub.flags, add_flags)
+        except OSError as err:
+            if err.errno not in _TOLERATED_SUBMOUNT_ERRORS:
+                raise LauncherError.from_os(f"{step}: remount submount", _outside_newroot(sub.mount_point), err) from None
+
+
+def _remount(path: str, current: int, add_flags: int) -> None:
+    wanted = current | add_flags
+    if wanted != current:
+        kernel.mount("none", path, None, kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REMOUNT | wanted, None)
+
+
+def _outside_newroot(path: str) -> str:
+    return path[len(NEWROOT) :] or "/" if path.startswith(NEWROOT) else path
+
+
+def cover_proc(ctx: MountContext, proc_target: str, step: str, shown: str) -> None:
+    for name in PROC_COVERS:
+        path = f"{proc_target}/{name}"
+        if not os.access(path, os.W_OK):
+            continue  # already read-only to us, or absent
+        bind_mount(ctx, path, path, BIND_READ_ONLY, f"{step}: cover", f"{shown}/{name}")
+
+
+def mount_dev(ctx: MountContext, target: str, shown: str) -> None:
+    ensure_target(target, True, "dev", shown)
+    mount_tmpfs(target, "dev", shown)
+    for name in DEVICE_NODES:
+        source = host_path("/dev/" + name)
+        if not os.path.exists(source):
+            continue
+        node = f"{target}/{name}"
+        ensure_target(node, False, "dev", f"{shown}/{name}")
+        bind_mount(ctx, source, node, BIND_DEVICES, "dev", f"{shown}/{name}", recursive=False)
+    try:
+        for name, link in DEV_SYMLINKS:
+            os.symlink(link, f"{target}/{name}")
+        os.mkdir(f"{target}/shm", 0o755)
+        os.mkdir(f"{target}/pts", 0o755)
+    except OSError as err:
+        raise LauncherError.from_os("dev", shown, err) from None
+    _mount(
+        "devpts",
+        f"{target}/pts",
+        "devpts",
+        kernel.MS_NOSUID | kernel.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=620",
+        "dev: devpts",
+        f"{shown}/pts",
+    )
+    if ctx.tty_path:
+        console = f"{target}/console"
+        ensure_target(console, False, "dev", f"{shown}/console")
+        bind_mount(ctx, host_path(ctx.tty_path), console, BIND_DEVICES, "dev: console", ctx.tty_path, recursive=False)

@@ -1,0 +1,60 @@
+"""Process attributes set through prctl (python-prctl) and capability dropping.
+
+``_prctl`` is python-prctl's C interface. The friendly ``prctl`` module builds
+classes for every capability at import time (≈3 ms measured), which the launch
+path cannot afford (SPEC §4); the C interface it wraps is what we need.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import _prctl
+
+from srt_launcher import kernel
+
+
+def set_no_new_privs() -> None:
+    # No setuid binary or file capability can raise privileges after this, and
+    # it lets an unprivileged worker install a seccomp filter.
+    _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_parent_death_signal(signum: int) -> None:
+    _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signum)
+
+
+def set_undumpable() -> None:
+    # Non-dumpable: /proc/PID/{mem,environ,fd} of launcher processes are
+    # owned by root and ptrace needs CAP_SYS_PTRACE, so an uncapable workload
+    # of the same uid cannot read or drive PID 1 or a relay.
+    _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
+
+
+def _drop_bounding(cap: int) -> None:
+    if cap <= _prctl.CAP_LAST_CAP:
+        _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    else:
+        # python-prctl only knows the capabilities of the headers it was
+        # built against; a newer kernel's extra ones are dropped directly.
+        kernel.prctl_capbset_drop(cap)
+
+
+def drop_all_capabilities() -> None:
+    """Empty the bounding, ambient, inheritable, permitted and effective sets.
+
+    The bounding set goes first: dropping from it needs CAP_SETPCAP, which
+    the final capset removes. Without the bounding drop, a later execve of a
+    file with capabilities (or uid 0 executing anything) could regain them.
+    """
+    cap = 0
+    while True:
+        try:
+            _drop_bounding(cap)
+        except OSError as err:
+            if err.errno == errno.EINVAL:
+                break  # past the kernel's last capability
+            raise
+        cap += 1
+    kernel.clear_ambient_capabilities()
+    kernel.capset_clear()

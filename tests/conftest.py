@@ -1,0 +1,151 @@
+"""Shared fixtures: the real launcher, run three ways, in real namespaces.
+
+Every behaviour is checked as root (the plain-unshare path), as an
+unprivileged uid (the user-namespace path) and as root with
+``--unshare-user`` (unprivileged containers). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# make setup VENV=... with SRT_LAUNCHER_VENV=... tests another venv (one per developer).
+VENV = Path(os.environ.get("SRT_LAUNCHER_VENV", ROOT / ".venv")).absolute()
+UNPRIVILEGED_UID = 65534
+UNPRIVILEGED_GID = 65534
+MODES = ("root", "unprivileged", "root-userns")
+
+# A whole-system read-only view with its own /proc and /dev: what most tests run in.
+SYSTEM = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev")
+
+
+def _can_run_as_unprivileged(argv_prefix: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*argv_prefix, "--help"],
+        user=UNPRIVILEGED_UID,
+        group=UNPRIVILEGED_GID,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="session")
+def root_argv() -> list[str]:
+    script = VENV / "bin" / "srt-launcher"
+    if not script.exists():
+        pytest.exit(f"{script} is missing: run the suite with `make test` (make setup builds .venv)", returncode=1)
+    return [str(script)]
+
+
+@pytest.fixture(scope="session")
+def unprivileged_argv(root_argv: list[str]) -> list[str]:
+    """A launcher uid 65534 can execute.
+
+    The checkout may sit under a directory other users cannot search (CI
+    clones where it likes; /root is 0700). Then the (non-editable) venv is
+    copied to a world-readable directory and run as ``python -m``.
+    """
+    if _can_run_as_unprivileged(root_argv).returncode == 0:
+        yield root_argv
+        return
+    copy = Path(tempfile.mkdtemp(prefix="srt-launcher-unprivileged-", dir="/var/tmp"))
+    copy.chmod(0o755)
+    shutil.copytree(VENV, copy / "venv", symlinks=True)
+    argv = [str(copy / "venv" / "bin" / "python"), "-m", "srt_launcher"]
+    probe = _can_run_as_unprivileged(argv)
+    if probe.returncode != 0:
+        shutil.rmtree(copy, ignore_errors=True)
+        pytest.fail(f"uid {UNPRIVILEGED_UID} cannot run the launcher even from {copy}: {probe.stderr.strip()}")
+    yield argv
+    shutil.rmtree(copy, ignore_errors=True)
+
+
+class Launcher:
+    """The launcher as one kind of caller runs it."""
+
+    def __init__(self, mode: str, argv_prefix: list[str]) -> None:
+        self.mode = mode
+        self.argv_prefix = argv_prefix
+        self.unprivileged = mode == "unprivileged"
+        self.uid = UNPRIVILEGED_UID if self.unprivileged else 0
+        self.gid = UNPRIVILEGED_GID if self.unprivileged else 0
+
+    def __repr__(self) -> str:
+        return f"Launcher({self.mode})"
+
+    def argv(self, subcommand: str, *args: str) -> list[str]:
+        argv = [*self.argv_prefix, subcommand]
+        if subcommand == "run" and self.mode == "root-userns":
+            argv.append("--unshare-user")
+        return argv + list(args)
+
+    def process_kwargs(self, **kwargs):  # type: ignore[no-untyped-def]
+        """subprocess keyword arguments that run as this caller."""
+        if self.unprivileged:
+            kwargs.setdefault("user", UNPRIVILEGED_UID)
+            kwargs.setdefault("group", UNPRIVILEGED_GID)
+            kwargs.setdefault("extra_groups", [])
+        kwargs.setdefault("cwd", "/")
+        return kwargs
+
+    def run(self, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+        """``srt-launcher run ARGS`` to completion, output captured as text."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.argv("run", *args), timeout=timeout, **self.process_kwargs(**kwargs))
+
+    def sh(self, script: str, *options: str, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+        """Run a shell script inside the usual system view (or ``options`` if given)."""
+        return self.run(*(options or SYSTEM), "--", "/bin/sh", "-c", script, **kwargs)
+
+    def popen(self, *args: str, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        return subprocess.Popen(self.argv("run", *args), **self.process_kwargs(**kwargs))
+
+    def command(self, subcommand: str, *args: str, timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+        """Any other subcommand (relay, connect, ...) as this caller."""
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(self.argv(subcommand, *args), timeout=timeout, **self.process_kwargs(**kwargs))
+
+
+@pytest.fixture(params=MODES)
+def launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
+    if request.param == "unprivileged":
+        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
+    return Launcher(request.param, root_argv)
+
+
+@pytest.fixture
+def shared_dir(launcher: Launcher):  # type: ignore[no-untyped-def]
+    """A scratch directory the launcher's caller owns (pytest's tmp_path is 0700 root)."""
+    path = Path(tempfile.mkdtemp(prefix="srt-launcher-test-", dir="/tmp"))
+    path.chmod(0o755)
+    os.chown(path, launcher.uid, launcher.gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _mount_table() -> list[str]:
+    with open("/proc/self/mountinfo") as handle:
+        return handle.read().splitlines()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_mount_table_unchanged():  # type: ignore[no-untyped-def]
+    """SPEC §2.7: nothing the launcher mounts may be left on (or leak to) the host."""
+    before = _mount_table()
+    yield
+    after = _mount_table()
+    assert after == before, "the host mount table changed during the suite:\n" + "\n".join(
+        sorted(set(after) ^ set(before))
+    )
