@@ -28,7 +28,7 @@ SYSTEM = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev")
 
 def _can_run_as_unprivileged(argv_prefix: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*argv_prefix, "--help"],
+        [*argv_prefix, "run", "--ro-bind", "/", "/", "--", "/bin/true"],
         user=UNPRIVILEGED_UID,
         group=UNPRIVILEGED_GID,
         extra_groups=[],

@@ -442,7 +442,7 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
     remembered and the search goes on, as glibc's execvp does."""
     name = argv[0]
     if not name:
-        raise LauncherError("exec", name, "No such file or directory", EXEC_NOT_FOUND)
+        raise LauncherError("exec ''", None, "No such file or directory", EXEC_NOT_FOUND)
     if "/" in name:
         candidates = [name]
     else:
@@ -462,7 +462,7 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
     failure = denied if denied is not None and (last is None or last.errno in (errno.ENOENT, errno.ENOTDIR)) else last
     assert failure is not None
     code = EXEC_NOT_FOUND if failure.errno in (errno.ENOENT, errno.ENOTDIR) else EXEC_NOT_EXECUTABLE
-    raise LauncherError.from_os("exec", name, failure, code)
+    raise LauncherError.from_os(f"exec {name}", None, failure, code)
 
 
 __all__ = ["RunConfig", "main", "parse_args", "launch", "exit_status", "exec_command", "USAGE"]

@@ -38,7 +38,8 @@ DEV_SYMLINKS = (
     ("ptmx", "pts/ptmx"),
 )
 # Weird old corners of /proc that a process with write access could use to
-# hurt the host (sysrq-trigger can reboot it): made read-only where writable.
+# hurt the host (sysrq-trigger can reboot it; /proc/sys/kernel/hostname
+# renames it): made read-only wherever they exist.
 PROC_COVERS = ("sys", "sysrq-trigger", "irq", "bus")
 
 
@@ -170,8 +171,11 @@ def _outside_newroot(path: str) -> str:
 def cover_proc(ctx: MountContext, proc_target: str, step: str, shown: str) -> None:
     for name in PROC_COVERS:
         path = f"{proc_target}/{name}"
-        if not os.access(path, os.W_OK):
-            continue  # already read-only to us, or absent
+        # No access(W_OK) shortcut as in bubblewrap: procfs refuses write
+        # access to the /proc/sys directory itself, yet the sysctl files in it
+        # are writable by uid 0 without any capability (the root workload).
+        if not os.path.lexists(path):
+            continue
         bind_mount(ctx, path, path, BIND_READ_ONLY, f"{step}: cover", f"{shown}/{name}")
 
 
