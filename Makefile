@@ -13,7 +13,7 @@ SETUP_APT := python3-venv python3-dev gcc libcap-dev libseccomp2 util-linux
 TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2
 BENCH_APT := bubblewrap socat procps
 
-SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) pyproject.toml
+SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) scripts/srt-launcher pyproject.toml
 
 .PHONY: setup demo test bench bpf clean
 
@@ -47,7 +47,7 @@ $(VENV)/.deps: pyproject.toml
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	@# Built from a scratch copy: no build/ or egg-info in the checkout, and
 	@# two venvs can be (re)installed at once without sharing a build dir.
-	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf "$$stage"/ && \
+	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf scripts "$$stage"/ && \
 	  $(PIP) install --no-deps --no-build-isolation --force-reinstall "$$stage" >/dev/null; \
 	  rc=$$?; rm -rf "$$stage"; exit $$rc
 	chmod -R a+rX $(VENV)
