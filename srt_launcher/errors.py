@@ -6,8 +6,6 @@ SPEC §2.7. :func:`report` turns it into the single stderr line
 ``srt-launcher: <step>: <value>: <reason>``; nothing else formats errors.
 """
 
-from __future__ import annotations
-
 import os
 
 USAGE = 2

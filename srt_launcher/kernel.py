@@ -5,8 +5,6 @@ a :class:`~srt_launcher.errors.LauncherError` naming the step and the path.
 prctl options go through python-prctl (see :mod:`srt_launcher.privileges`).
 """
 
-from __future__ import annotations
-
 import ctypes
 import os
 

@@ -6,8 +6,6 @@ created together with the requested ones and the caller's own uid and gid are
 mapped onto themselves, so ``id`` inside prints the caller, not root.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 

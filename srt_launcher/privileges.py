@@ -5,8 +5,6 @@ classes for every capability at import time (≈3 ms measured), which the launch
 path cannot afford (SPEC §4); the C interface it wraps is what we need.
 """
 
-from __future__ import annotations
-
 import errno
 
 import _prctl

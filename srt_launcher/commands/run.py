@@ -31,8 +31,6 @@ held, not lost: it reaches the worker, which unblocks it just before exec
 and dies of it, and the launch ends with 128+signal.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 import stat

@@ -6,8 +6,6 @@ those mounts, the flags it already carries (so they are kept, e.g. a ro
 submount stays ro under ``--bind``) and whether it is reachable at all.
 """
 
-from __future__ import annotations
-
 import os
 
 from srt_launcher import kernel

@@ -6,8 +6,6 @@ first and writes its target under the second. The bind + remount sequence
 follows bubblewrap's ``bind_mount()`` in bind-mount.c.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 

@@ -17,8 +17,6 @@ runs in PID 1, in a fresh mount namespace, before the worker exists:
    it. No chroot: a chroot can be escaped with a second chroot, a pivot cannot.
 """
 
-from __future__ import annotations
-
 import os
 
 from srt_launcher import kernel

@@ -1,0 +1,270 @@
+"""The in-sandbox relay (SPEC §3.1): 127.0.0.1:PORT in the sandbox → a host Unix socket.
+
+The stub calls :func:`start_relays` in phase 1, after unsharing the network
+namespace and before the PID and mount namespaces: each relay process lives
+in the sandbox's network namespace (it can listen on the sandbox loopback)
+but in the host's PID and mount namespaces (the workload can neither see nor
+signal it, and the Unix path is resolved on the host's filesystem).
+
+Everything that can fail is done before the first fork — bind every
+listener, pin every Unix socket — so a bad ``--relay`` aborts the launch with
+nothing left running. Listening before the workload exists means a workload
+that connects as its first action never races the relay.
+
+Imports are C modules only (``_socket``, ``_signal``): this is the launch
+path of every sandboxed command (SPEC §4). The pump is imported by the relay
+process after the fork, off the stub's critical path.
+"""
+
+import errno
+import fcntl
+import os
+import stat
+import time
+
+import _signal
+import _socket
+
+from srt_launcher import kernel, privileges
+from srt_launcher.errors import LauncherError, report
+
+_LOOPBACK = "127.0.0.1"
+# accept() errors that concern one queued connection (reset before it was
+# taken, refused by a security module): the relay must outlive them.
+_CONNECTION_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM)
+# A shortage passes once connection children exit: wait a little, retry.
+_SHORTAGE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class _Relay:
+    __slots__ = ("port", "path", "listener", "target")
+
+    def __init__(self, port: int, path: str, listener: int, target: int) -> None:
+        self.port = port
+        self.path = path
+        self.listener = listener  # listening TCP socket fd
+        self.target = target  # O_PATH fd of the Unix socket inode
+
+
+def start_relays(relays: list[tuple[int, str]]) -> list[int]:
+    """Bind and pin every relay, then fork one process per relay; return their PIDs.
+
+    Raises LauncherError (125) naming the port or path if any bind or pin
+    fails; then no relay has been forked and no fd is left open. On return
+    the stub holds none of the listeners or pinned sockets.
+    """
+    prepared: list[_Relay] = []
+    try:
+        for port, path in relays:
+            prepared.append(_prepare(port, path))
+        return _fork_all(prepared)
+    finally:
+        for relay in prepared:
+            os.close(relay.listener)
+            os.close(relay.target)
+
+
+def _prepare(port: int, path: str) -> _Relay:
+    listener = _above_stdio(_listen(port))
+    try:
+        target = _above_stdio(_pin(path))
+    except BaseException:
+        os.close(listener)
+        raise
+    return _Relay(port, path, listener, target)
+
+
+def _above_stdio(fd: int) -> int:
+    # A stub started with stdin or stdout closed gets sockets numbered 0 or 1,
+    # which the relay process turns into /dev/null.
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+def _listen(port: int) -> int:
+    address = f"{_LOOPBACK}:{port}"
+    try:
+        sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    except OSError as err:
+        raise LauncherError.from_os("relay listen", address, err) from None
+    try:
+        # The relay may be restarted on a port whose old connections linger in
+        # TIME_WAIT (a previous sandbox's namespace is gone, but not this one's).
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+        sock.bind((_LOOPBACK, port))
+        sock.listen(_socket.SOMAXCONN)
+    except OSError as err:
+        sock.close()
+        raise LauncherError.from_os("relay listen", address, err) from None
+    return sock.detach()
+
+
+def _pin(path: str) -> int:
+    """Open the socket inode itself: the relay connects to this inode forever,
+    whatever the workload later does to the path (rename, unlink, symlink swap)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as err:
+        raise LauncherError.from_os("relay socket", path, err) from None
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as err:
+        os.close(fd)
+        raise LauncherError.from_os("relay socket", path, err) from None
+    if not stat.S_ISSOCK(mode):
+        os.close(fd)
+        raise LauncherError("relay socket", path, "not a Unix socket")
+    return fd
+
+
+def _fork_all(prepared: list[_Relay]) -> list[int]:
+    stub = os.getpid()
+    pids: list[int] = []
+    try:
+        for relay in prepared:
+            pids.append(_fork_relay(relay, prepared, stub))
+    except BaseException:
+        _kill(pids)
+        raise
+    return pids
+
+
+def _fork_relay(relay: _Relay, prepared: list[_Relay], stub: int) -> int:
+    try:
+        pid = os.fork()
+    except OSError as err:
+        raise LauncherError.from_os("relay fork", f"{_LOOPBACK}:{relay.port}", err) from None
+    if pid == 0:
+        _relay_process(relay, prepared, stub)
+    # Set from both sides: the stub's killpg must find the group even if it
+    # runs before the child's own setpgid.
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # the child already did it, or already died (it is reaped later)
+    return pid
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.killpg(pid, _signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+# ---------------------------------------------------------------- the relay process
+
+
+def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
+    code = 0
+    try:
+        _become_relay(relay, prepared, stub)
+        from srt_launcher.relay.pump import pump
+
+        _serve(relay, pump)
+    except BaseException as err:  # the relay must never return into the stub's code
+        code = report(LauncherError("relay", f"{_LOOPBACK}:{relay.port}", repr(err)))
+    finally:
+        os._exit(code)
+
+
+def _become_relay(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
+    # Own process group: the stub's killpg reaches the relay and every
+    # connection child at once, and a terminal's ^C (sent to the foreground
+    # group) does not.
+    os.setpgid(0, 0)
+    privileges.set_parent_death_signal(_signal.SIGKILL)
+    if os.getppid() != stub:
+        os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
+    privileges.set_undumpable()
+    privileges.drop_all_capabilities()
+    # EPIPE is handled where it happens; SIGPIPE would kill a connection mid-pump.
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    # Connection children are reaped by the kernel: no zombie pile-up, no wait loop.
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
+    # The stub blocks the signals it forwards; a relay should die of SIGTERM
+    # like any daemon (the stub itself uses SIGKILL).
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+    _keep_only_fds(relay, prepared)
+
+
+def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
+    """Close everything but stderr, the listener and the pinned socket.
+
+    Other relays' listeners would keep their ports bound after those relays
+    die; the stub's and the caller's fds (pipes, terminals) would keep a
+    reader waiting for EOF. stdin and stdout become /dev/null rather than
+    closed, so no socket can be numbered 0 or 1.
+    """
+    for other in prepared:
+        if other is not relay:
+            os.close(other.listener)
+            os.close(other.target)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    keep = sorted((relay.listener, relay.target))
+    start = 3
+    for fd in keep:
+        os.closerange(start, fd)
+        start = fd + 1
+    kernel.close_fds_from(start)
+
+
+def _serve(relay: _Relay, pump) -> None:  # type: ignore[no-untyped-def]
+    listener = _socket.socket(fileno=relay.listener)
+    relay_pid = os.getpid()
+    upstream_path = f"/proc/self/fd/{relay.target}"
+    while True:
+        try:
+            connection, _ = listener._accept()
+        except OSError as err:
+            if err.errno in _SHORTAGE_ERRORS:
+                time.sleep(0.05)
+            elif err.errno not in _CONNECTION_ERRORS:
+                raise  # the listener itself is broken: retrying would spin
+            continue
+        try:
+            child = os.fork()
+        except OSError:
+            child = -1  # cannot serve it now: closing it tells the client at once
+        if child == 0:
+            _connection_process(connection, relay.listener, upstream_path, relay_pid, pump)
+        os.close(connection)
+
+
+def _connection_process(connection: int, listener: int, upstream_path: str, relay_pid: int, pump) -> None:  # type: ignore[no-untyped-def]
+    try:
+        privileges.set_parent_death_signal(_signal.SIGKILL)  # cleared by fork
+        if os.getppid() != relay_pid:
+            return
+        os.close(listener)
+        upstream = _connect_upstream(upstream_path)
+        if upstream is None:
+            return  # refused or gone: the client sees the connection close
+        pump(connection, connection, upstream, upstream)
+    except BaseException:
+        pass
+    finally:
+        os._exit(0)
+
+
+def _connect_upstream(upstream_path: str) -> int | None:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        # Through the magic link, not the path: the kernel resolves it to the
+        # inode pinned before the workload existed.
+        sock.connect(upstream_path)
+    except OSError:
+        sock.close()
+        return None
+    return sock.detach()
