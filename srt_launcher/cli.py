@@ -53,10 +53,17 @@ def cli() -> None:
     help=RUN_HELP,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False},
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def run_command(args: tuple[str, ...]) -> None:
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
+@click.pass_context
+def run_command(ctx: click.Context, args: tuple[str, ...]) -> None:
+    from srt_launcher.__main__ import wants_help
     from srt_launcher.commands import run
 
+    # click stops reading options at the first word it does not know, so a
+    # --help after `--ro-bind / /` reaches us here.
+    if wants_help(list(args)):
+        click.echo(ctx.get_help())
+        ctx.exit(0)
     raise SystemExit(run.main(list(args)))
 
 

@@ -47,10 +47,10 @@ class LauncherError(Exception):
 def message(err: LauncherError) -> str:
     parts = [err.step]
     if err.value is not None:
-        parts.append(printable(err.value))
+        parts.append(err.value)
     if err.reason:
         parts.append(err.reason)
-    text = "srt-launcher: " + ": ".join(parts) + "\n"
+    text = "srt-launcher: " + ": ".join(printable(part) for part in parts) + "\n"
     if err.usage:
         text += err.usage + "\n"
     return text

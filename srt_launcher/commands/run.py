@@ -25,10 +25,11 @@ the sandbox's mount namespace would have its root moved by pivot_root.
 Three processes is the floor: entering a PID namespace needs a fork, and a
 workload that is PID 1 would ignore SIGTERM.
 
-Signals to forward are blocked from the first instruction and unblocked
-only once their forwarding target exists, so a signal that arrives early is
-held, not lost: it reaches the worker, which unblocks it just before exec
-and dies of it, and the launch ends with 128+signal.
+Signals to forward (and SIGCHLD) are blocked from the entry point on and
+taken with sigwaitinfo (signals.py), so a signal that arrives early is held,
+not lost: the stub passes it to PID 1, PID 1 to the worker, which restores
+the caller's mask just before exec and dies of it: the launch ends with
+128+signal.
 """
 
 import errno
@@ -39,25 +40,16 @@ import stat
 # measured), and the launch path pays only for what it uses (SPEC §4).
 import _signal
 
-from srt_launcher import kernel, namespaces, privileges
+from srt_launcher import kernel, namespaces, privileges, signals
 from srt_launcher.errors import (
     EXEC_NOT_EXECUTABLE,
     EXEC_NOT_FOUND,
     SETUP_FAILED,
-    USAGE,
     LauncherError,
     report,
 )
 from srt_launcher.mount.ops import MountOp
 
-FORWARDED_SIGNALS = (
-    _signal.SIGTERM,
-    _signal.SIGINT,
-    _signal.SIGHUP,
-    _signal.SIGQUIT,
-    _signal.SIGUSR1,
-    _signal.SIGUSR2,
-)
 # Python itself sets these to SIG_IGN at startup, and ignored signals survive
 # exec: the workload must get the default back (as subprocess does).
 _IGNORED_BY_PYTHON = (_signal.SIGPIPE, _signal.SIGXFSZ)
@@ -82,9 +74,13 @@ class RunConfig:
         self.command: list[str] = []
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], caller_mask: set[int] | None = None) -> int:
+    """Run the launch; ``caller_mask`` is the signal mask from before the
+    entry point blocked the launch signals (None: block them here)."""
+    if caller_mask is None:
+        caller_mask = signals.block_launch_signals()
     try:
-        return launch(parse_args(argv))
+        return launch(parse_args(argv), caller_mask)
     except LauncherError as err:
         return report(err)
 
@@ -163,14 +159,13 @@ def parse_args(argv: list[str]) -> RunConfig:
 # ---------------------------------------------------------------- the stub
 
 
-def launch(config: RunConfig) -> int:
+def launch(config: RunConfig, caller_mask: set[int]) -> int:
     _refuse_setid()
     tty_path = _stdout_tty()
     cwd = _current_dir()
     # An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap our
     # children: waitpid would then never report the worker's status.
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
-    caller_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, FORWARDED_SIGNALS)
     privileges.set_no_new_privs()
     privileges.set_parent_death_signal(_signal.SIGKILL)
     _resolve_sources(config.ops)
@@ -194,12 +189,9 @@ def launch(config: RunConfig) -> int:
         os.close(alive_write)
         _pid1(config, env, cwd, tty_path, seccomp_program, caller_mask, alive_read)
     os.close(alive_read)
-    forward = _Forwarder(pid1)
-    forward.install()
-    _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
     privileges.drop_all_capabilities()
     live_relays = set(relays)
-    status = _wait_for(pid1, forward, live_relays.discard)
+    status = signals.supervise(pid1, live_relays.discard)
     _kill_relays(live_relays)
     os.close(alive_write)
     return status
@@ -279,51 +271,6 @@ def _kill_relays(relays: set[int] | list[int]) -> None:
             pass
 
 
-# ---------------------------------------------------------------- waiting and signals
-
-
-class _Forwarder:
-    """Signal handler passing forwarded signals on to one child while it is unreaped."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if self.pid > 0:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def install(self) -> None:
-        for signum in FORWARDED_SIGNALS:
-            _signal.signal(signum, self)
-
-
-def exit_status(wait_status: int) -> int:
-    """The launcher's exit status for a child's wait status: N, or 128+S if killed by S."""
-    code = os.waitstatus_to_exitcode(wait_status)
-    return 128 - code if code < 0 else code
-
-
-def _wait_for(target: int, forward: _Forwarder, on_other_exit) -> int:  # type: ignore[no-untyped-def]
-    """Reap children until ``target`` exits; return its exit status.
-
-    waitid(WNOWAIT) tells who exited before reaping it: forwarding to the
-    target stops while its PID is still ours, so a late signal can never hit
-    a recycled PID.
-    """
-    while True:
-        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
-        pid = info.si_pid
-        if pid == target:
-            forward.pid = 0
-        _, status = os.waitpid(pid, 0)
-        if pid == target:
-            return exit_status(status)
-        on_other_exit(pid)
-
-
 # ---------------------------------------------------------------- PID 1
 
 
@@ -355,21 +302,15 @@ def _pid1(
         worker = os.fork()
         if worker == 0:
             _worker(config, env, seccomp_program, caller_mask, caller_umask)
-        forward = _Forwarder(worker)
-        forward.install()
-        _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
         privileges.drop_all_capabilities()
-        code = _wait_for(worker, forward, _ignore)
+        # Orphans re-parented to PID 1 are reaped and forgotten.
+        code = signals.supervise(worker)
     except LauncherError as err:
         code = report(err)
     except BaseException:
         code = _internal_error()
     finally:
         os._exit(code)
-
-
-def _ignore(pid: int) -> None:
-    """Orphans re-parented to PID 1 are reaped and forgotten."""
 
 
 def _stub_is_gone(alive_read: int) -> bool:
@@ -412,8 +353,7 @@ def _worker(
 ) -> None:
     code = SETUP_FAILED
     try:
-        for signum in FORWARDED_SIGNALS + _IGNORED_BY_PYTHON:
-            _signal.signal(signum, _signal.SIG_DFL)
+        _restore_default_signals()
         privileges.drop_all_capabilities()
         # Nothing of the launcher's (pipes, the /proc handle) may leak to the workload.
         kernel.close_fds_from(3)
@@ -433,6 +373,21 @@ def _worker(
         code = _internal_error()
     finally:
         os._exit(code)
+
+
+def _restore_default_signals() -> None:
+    """Undo what the interpreter did to signal dispositions, and only that.
+
+    Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec; it
+    also catches SIGINT (KeyboardInterrupt), which would fire here, before
+    exec, when the held signals are unblocked. A signal the caller itself
+    ignored (nohup, a background job's SIGINT) stays ignored.
+    """
+    for signum in _IGNORED_BY_PYTHON:
+        _signal.signal(signum, _signal.SIG_DFL)
+    for signum in signals.FORWARDED:
+        if callable(_signal.getsignal(signum)):
+            _signal.signal(signum, _signal.SIG_DFL)
 
 
 def exec_command(argv: list[str], env: dict[str, str]) -> None:
@@ -462,5 +417,3 @@ def exec_command(argv: list[str], env: dict[str, str]) -> None:
     code = EXEC_NOT_FOUND if failure.errno in (errno.ENOENT, errno.ENOTDIR) else EXEC_NOT_EXECUTABLE
     raise LauncherError.from_os(f"exec {name}", None, failure, code)
 
-
-__all__ = ["RunConfig", "main", "parse_args", "launch", "exit_status", "exec_command", "USAGE"]

@@ -114,13 +114,26 @@ def ensure_target(target: str, is_dir: bool, step: str, shown: str) -> None:
     if os.path.exists(target):
         return
     try:
-        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        _make_parents(target)
         if is_dir:
             os.mkdir(target, 0o755)
         else:
             os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
     except OSError as err:
         raise LauncherError.from_os(step, shown, err) from None
+
+
+def _make_parents(path: str) -> None:
+    """mkdir -p of the parent; a regular file in the way is ENOTDIR (makedirs says EEXIST)."""
+    parent = os.path.dirname(path)
+    if os.path.isdir(parent):
+        return
+    _make_parents(parent)
+    try:
+        os.mkdir(parent, 0o755)
+    except FileExistsError:
+        if not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent) from None
 
 
 def mount_tmpfs(target: str, step: str, shown: str) -> None:
