@@ -14,9 +14,10 @@ Stub:   refuse setuid/setgid → record stdout's tty and the cwd → SIGCHLD to
         → phase 2 (PID [+USER]) → DUMPABLE=0 → fork PID 1 → forward signals,
         drop capabilities, wait, SIGKILL the relays' groups, exit with PID 1's status.
 PID 1:  PDEATHSIG again → setsid (no controlling tty: TIOCSTI) → new mount ns
-        → build the root (mount/root.py) → restore cwd → fork the worker →
-        forward signals, drop capabilities, reap everything, exit with the worker's status.
-Worker: drop every capability → close fds > 2 → --setenv → seccomp → exec.
+        → build the root (mount/root.py) → drop every capability → restore cwd
+        → fork the worker → forward signals, reap everything, exit with the
+        worker's status.
+Worker: (no capabilities, inherited) → close fds > 2 → --setenv → seccomp → exec.
 
 The mount namespace is unshared by PID 1 rather than the stub, so that the
 stub stays in the host mount namespace as the tree above says: a stub inside
@@ -298,11 +299,15 @@ def _pid1(
         from srt_launcher.mount import root
 
         root.build(config.ops, tty_path)
+        # The mounts were the last thing that needed a capability. Dropping
+        # them before the fork empties PID 1's sets and the worker's at once
+        # (it inherits them), with one pass instead of two on the launch path;
+        # the cwd is then entered with the workload's own rights.
+        privileges.drop_all_capabilities()
         env["PWD"] = _enter_working_dir(cwd, env.get("HOME"))
         worker = os.fork()
         if worker == 0:
             _worker(config, env, seccomp_program, caller_mask, caller_umask)
-        privileges.drop_all_capabilities()
         # Orphans re-parented to PID 1 are reaped and forgotten.
         code = signals.supervise(worker)
     except LauncherError as err:
@@ -354,7 +359,8 @@ def _worker(
     code = SETUP_FAILED
     try:
         _restore_default_signals()
-        privileges.drop_all_capabilities()
+        # No capability to drop: PID 1 emptied every set (bounding and
+        # ambient included) before forking us.
         # Nothing of the launcher's (pipes, the /proc handle) may leak to the workload.
         kernel.close_fds_from(3)
         os.umask(caller_umask)

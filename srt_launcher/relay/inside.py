@@ -168,9 +168,7 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
     code = 0
     try:
         _become_relay(relay, prepared, stub)
-        from srt_launcher.relay.pump import pump
-
-        _serve(relay, pump)
+        _serve(relay)
     except BaseException as err:  # the relay must never return into the stub's code
         code = report(LauncherError("relay", f"{_LOOPBACK}:{relay.port}", repr(err)))
     finally:
@@ -220,8 +218,9 @@ def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
     kernel.close_fds_from(start)
 
 
-def _serve(relay: _Relay, pump) -> None:  # type: ignore[no-untyped-def]
+def _serve(relay: _Relay) -> None:
     listener = _socket.socket(fileno=relay.listener)
+    pump = None
     relay_pid = os.getpid()
     upstream_path = f"/proc/self/fd/{relay.target}"
     while True:
@@ -233,6 +232,10 @@ def _serve(relay: _Relay, pump) -> None:  # type: ignore[no-untyped-def]
             elif err.errno not in _CONNECTION_ERRORS:
                 raise  # the listener itself is broken: retrying would spin
             continue
+        if pump is None:
+            # Imported at the first connection, not at start: the relays start
+            # while PID 1 builds the sandbox, and on two cores they compete.
+            from srt_launcher.relay.pump import pump
         try:
             child = os.fork()
         except OSError:
