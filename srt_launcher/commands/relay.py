@@ -1,0 +1,353 @@
+"""``srt-launcher relay``: host Unix socket → TCP port of an external proxy (SPEC §3.2).
+
+Startup (in the click process): PDEATHSIG and NO_NEW_PRIVS, validate, bind
+and listen, write the readiness byte. Then the process re-executes itself
+as a lean interpreter (``python -I -S``, no click) that inherits the
+listening socket and serves it: fork(2) copies the parent's page tables,
+and forking the click-laden process cost ≈1.0 ms per connection here
+against ≈0.4 ms for the lean one. PDEATHSIG, NO_NEW_PRIVS, the pid and the
+listening socket all survive the exec; connections made meanwhile wait in
+the backlog. Should the exec fail, this process serves instead.
+
+Serving keeps one forked child blocked in accept(); as soon as it takes a
+connection the relay forks the next one, so fork is off the connection's
+path. Each child (PDEATHSIG re-armed, auto-reaped: SIGCHLD is SIG_IGN)
+serves exactly one connection: connect upstream, run the shared pump, exit.
+Whatever happens to one connection, the relay keeps serving.
+
+Nothing here imports click at module level: the lean server imports this
+module too. The click command is built on first access to ``relay``.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import sys
+import time
+
+import _signal
+import _socket
+
+from srt_launcher import privileges
+from srt_launcher.errors import SETUP_FAILED, LauncherError, report
+from srt_launcher.relay.pump import pump
+
+RELAY_USAGE = "usage: srt-launcher relay [--ready-fd N] UNIX_SOCKET HOST:PORT  (see srt-launcher relay --help)"
+READY_BYTE = b"\n"
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_PROBES = 3
+LISTEN_BACKLOG = 4096
+# Accept errors that concern one connection, not the listener.
+_TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR)
+_RESOURCE_ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_TERMINATING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
+# What an acceptor child tells the relay through its pipe.
+_ACCEPTED = b"."
+_LISTENER_BROKEN = b"!"
+
+HELP = """Listen on the Unix socket UNIX_SOCKET and forward each connection to HOST:PORT.
+
+\b
+HOST is a literal IPv4 address (no DNS); PORT is 1-65535. Each connection
+is served by its own child process; half-closes are propagated. Upstream
+sockets get TCP_NODELAY and keepalive (idle 10 s, interval 5 s, 3 probes).
+The relay dies with its parent (PDEATHSIG), and its connections with it;
+on SIGTERM, SIGINT or SIGHUP it removes UNIX_SOCKET first.
+
+\b
+Exit status: 2 usage error; 125 setup failed (UNIX_SOCKET exists or its
+directory is missing, --ready-fd not open); otherwise it runs until killed.
+"""
+
+
+def parse_ipv4_endpoint(text: str, what: str, usage: str) -> tuple[str, int]:
+    """``A.B.C.D:PORT`` with a literal dotted-quad address and a port of 1-65535."""
+    import ipaddress
+
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise LauncherError.usage_error(f"{what}: expected IPV4:PORT", text, usage)
+    try:
+        # Strict: no DNS, no "127.1", no leading zeros, no IPv6.
+        address = str(ipaddress.IPv4Address(host))
+    except ValueError:
+        raise LauncherError.usage_error(f"{what}: host must be a literal IPv4 address", text, usage) from None
+    return address, parse_port(port_text, what, usage)
+
+
+def parse_port(text: str, what: str, usage: str) -> int:
+    # isdigit() would accept "²", and int() " 80" or "+80".
+    if not text or len(text) > 5 or not all("0" <= char <= "9" for char in text) or not 1 <= int(text) <= 65535:
+        raise LauncherError.usage_error(f"{what}: port must be a number from 1 to 65535", text, usage)
+    return int(text)
+
+
+def _build_command():  # type: ignore[no-untyped-def]
+    import click
+
+    @click.command("relay", help=HELP, short_help="Host Unix socket -> TCP HOST:PORT relay.")
+    @click.option(
+        "--ready-fd",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Once listening, write one byte to fd N and close it (readiness handshake).",
+    )
+    @click.argument("unix_socket", metavar="UNIX_SOCKET")
+    @click.argument("upstream", metavar="HOST:PORT")
+    def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
+        start_relay(ready_fd, unix_socket, upstream)
+
+    return relay
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    # PEP 562: `from srt_launcher.commands.relay import relay` (cli.py) builds
+    # the click command; the lean server never touches it, so never imports click.
+    if name == "relay":
+        command = _build_command()
+        globals()["relay"] = command
+        return command
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def start_relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
+    """SPEC §3.2 startup; then serve until killed (never returns)."""
+    parent = os.getppid()
+    privileges.set_parent_death_signal(_signal.SIGKILL)
+    privileges.set_no_new_privs()
+    if os.getppid() != parent:
+        raise SystemExit(0)  # the parent died before PDEATHSIG was armed: nobody to serve
+    address = parse_ipv4_endpoint(upstream, "relay: HOST:PORT", RELAY_USAGE)
+    if not unix_socket:
+        raise LauncherError.usage_error("relay: empty UNIX_SOCKET path", None, RELAY_USAGE)
+    if ready_fd is not None:
+        _check_open(ready_fd)
+    # Held pending from before the socket file exists until the serving process
+    # has its handlers (the mask survives exec): a SIGTERM sent as soon as the
+    # readiness byte arrives still removes the socket file.
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, _TERMINATING_SIGNALS)
+    listener, socket_file = _listen(unix_socket)
+    if ready_fd is not None:
+        try:
+            _signal_ready(ready_fd)
+        except LauncherError:
+            socket_file.remove()
+            raise
+    _exec_lean_server(listener, socket_file, address)
+    _serve_forever(listener, socket_file, address)
+
+
+def serve_inherited() -> None:
+    """Entry point of the re-executed relay: argv is LISTENER_FD UNIX_SOCKET DEV INODE HOST PORT."""
+    try:
+        fd, path, dev, ino, host, port = sys.argv[1:7]
+        listener = _socket.socket(fileno=int(fd))
+        os.set_inheritable(listener.fileno(), False)
+        _serve_forever(listener, _SocketFile(path, int(dev), int(ino)), (host, int(port)))
+    except LauncherError as err:
+        os._exit(report(err))
+    except BaseException as err:  # noqa: BLE001 - no traceback, one line, like everywhere else
+        os._exit(report(LauncherError("relay", None, repr(err), SETUP_FAILED)))
+
+
+def _check_open(fd: int) -> None:
+    # Before binding: a failed handshake must not leave a socket file behind.
+    try:
+        os.fstat(fd)
+    except OSError as err:
+        raise LauncherError.from_os("relay: --ready-fd", str(fd), err) from None
+
+
+class _SocketFile:
+    """The file bind() created, recorded so that only that file is ever removed."""
+
+    def __init__(self, path: str, dev: int, ino: int) -> None:
+        self.path = path
+        self.dev = dev
+        self.ino = ino
+
+    def remove(self) -> None:
+        # A path someone replaced since bind is not ours to delete.
+        try:
+            found = os.lstat(self.path)
+            if (found.st_dev, found.st_ino) == (self.dev, self.ino):
+                os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def _listen(path: str) -> tuple[_socket.socket, _SocketFile]:
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        listener.bind(path)
+        bound = os.lstat(path)
+    except OSError as err:
+        listener.close()
+        raise LauncherError.from_os("relay: bind", path, err) from None
+    socket_file = _SocketFile(path, bound.st_dev, bound.st_ino)
+    try:
+        listener.listen(LISTEN_BACKLOG)
+    except OSError as err:
+        socket_file.remove()
+        listener.close()
+        raise LauncherError.from_os("relay: listen", path, err) from None
+    return listener, socket_file
+
+
+def _signal_ready(fd: int) -> None:
+    try:
+        os.write(fd, READY_BYTE)
+    except OSError as err:
+        raise LauncherError.from_os("relay: --ready-fd", str(fd), err) from None
+    _release_fd(fd)
+
+
+def _release_fd(fd: int) -> None:
+    """Close fd so its reader sees EOF; 0-2 get /dev/null so no socket lands on them."""
+    if fd > 2:
+        os.close(fd)
+        return
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+def _exec_lean_server(listener: _socket.socket, socket_file: _SocketFile, address: tuple[str, int]) -> None:
+    """Replace this process with a click-free interpreter serving ``listener``; returns only on failure."""
+    if not sys.executable:
+        return
+    # -I -S: no environment, user site or site.py; the exact sys.path of this
+    # process is handed over instead, so whatever found this module finds it again.
+    code = (
+        f"import sys; sys.path[:0] = {sys.path!r}; "
+        "from srt_launcher.commands.relay import serve_inherited; serve_inherited()"
+    )
+    fd = listener.fileno()
+    try:
+        os.set_inheritable(fd, True)
+        argv = [sys.executable, "-I", "-S", "-c", code, str(fd), socket_file.path]
+        os.execv(sys.executable, argv + [str(socket_file.dev), str(socket_file.ino), address[0], str(address[1])])
+    except (OSError, ValueError):
+        os.set_inheritable(fd, False)  # serve from this process, at a higher cost per connection
+
+
+def _serve_forever(listener: _socket.socket, socket_file: _SocketFile, address: tuple[str, int]) -> None:
+    # Python ignores SIGPIPE at startup, but say so: EPIPE must end a direction, not the process.
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)  # the kernel reaps connection children
+    relay_pid = os.getpid()
+    _unlink_on_termination(socket_file, relay_pid)
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _TERMINATING_SIGNALS)
+    # Objects that exist now are never collected: the cyclic GC of a child
+    # then never writes to them, which would copy their pages (copy-on-write).
+    gc.freeze()
+    while _fork_acceptor(listener, address, relay_pid) != _LISTENER_BROKEN:
+        pass
+    raise SystemExit(SETUP_FAILED)  # the acceptor said why
+
+
+def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
+    """SIGTERM/SIGINT/SIGHUP: remove the socket file, then die of the same signal.
+
+    Connection children inherit the handler; the pid check keeps them from
+    removing the relay's socket file (cheaper than resetting it in each child).
+    """
+
+    def terminate(signum: int, _frame: object) -> None:
+        if os.getpid() == relay_pid:
+            socket_file.remove()
+        _signal.signal(signum, _signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    for signum in _TERMINATING_SIGNALS:
+        _signal.signal(signum, terminate)
+
+
+def _fork_acceptor(listener: _socket.socket, address: tuple[str, int], relay_pid: int) -> bytes:
+    """Fork one child that accepts and serves one connection; return once it has one (or died).
+
+    Forking before the connection arrives keeps fork(2) off its path.
+    Returns what the child said: _ACCEPTED, _LISTENER_BROKEN, or b"" if it died.
+    """
+    accepted_r, accepted_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.fork()
+    except OSError as err:
+        os.close(accepted_r)
+        os.close(accepted_w)
+        report(LauncherError.from_os("relay: fork", None, err))
+        time.sleep(0.05)  # out of processes or memory: retry rather than stop serving
+        return b""
+    if pid == 0:
+        os.close(accepted_r)
+        _connection_child(listener, accepted_w, address, relay_pid)
+    os.close(accepted_w)
+    try:
+        return os.read(accepted_r, 1)
+    except OSError:
+        return b""
+    finally:
+        os.close(accepted_r)
+
+
+def _connection_child(listener: _socket.socket, accepted_w: int, address: tuple[str, int], relay_pid: int) -> None:
+    """Accept one connection, tell the relay, serve it and exit; never returns into the relay's loop."""
+    status = 0
+    try:
+        privileges.set_parent_death_signal(_signal.SIGKILL)
+        if os.getppid() != relay_pid:
+            os._exit(0)  # the relay died before PDEATHSIG was armed
+        # Before accept: whatever does not depend on the connection is done off its path.
+        upstream = _upstream_socket()
+        try:
+            conn = _accept(listener)
+        except LauncherError:
+            os.write(accepted_w, _LISTENER_BROKEN)  # forking more acceptors would only spin
+            raise
+        listener.close()
+        os.write(accepted_w, _ACCEPTED)
+        os.close(accepted_w)
+        _connect(upstream, address)
+        pump(conn.fileno(), conn.fileno(), upstream.fileno(), upstream.fileno())
+    except LauncherError as err:
+        status = report(err)
+    except BaseException:  # noqa: BLE001 - a child must never unwind into the relay's loop
+        status = 1
+    os._exit(status)
+
+
+def _accept(listener: _socket.socket) -> _socket.socket:
+    while True:
+        try:
+            fd, _ = listener._accept()
+            # Family and type given: _socket would otherwise probe the fd with three syscalls.
+            return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+        except OSError as err:
+            if err.errno in _TRANSIENT_ACCEPT_ERRORS:
+                continue
+            if err.errno in _RESOURCE_ACCEPT_ERRORS:
+                time.sleep(0.05)  # out of fds or memory: let other connections finish first
+                continue
+            raise LauncherError.from_os("relay: accept", None, err) from None
+
+
+def _upstream_socket() -> _socket.socket:
+    upstream = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    # Before connect, so they hold from the first segment.
+    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+    upstream.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    return upstream
+
+
+def _connect(upstream: _socket.socket, address: tuple[str, int]) -> None:
+    try:
+        upstream.connect(address)
+    except OSError as err:
+        upstream.close()
+        raise LauncherError.from_os("relay: connect", f"{address[0]}:{address[1]}", err) from None
