@@ -9,11 +9,8 @@ against ≈0.4 ms for the lean one. PDEATHSIG, NO_NEW_PRIVS, the pid and the
 listening socket all survive the exec; connections made meanwhile wait in
 the backlog. Should the exec fail, this process serves instead.
 
-Serving keeps one forked child blocked in accept(); as soon as it takes a
-connection the relay forks the next one, so fork is off the connection's
-path. Each child (PDEATHSIG re-armed, auto-reaped: SIGCHLD is SIG_IGN)
-serves exactly one connection: connect upstream, run the shared pump, exit.
-Whatever happens to one connection, the relay keeps serving.
+Serving (one child per connection, forked before it arrives) is
+relay/server.py, shared with the in-sandbox relay.
 
 Nothing here imports click at module level: the lean server imports this
 module too. The click command is built on first access to ``relay``.
@@ -21,18 +18,15 @@ module too. The click command is built on first access to ``relay``.
 
 from __future__ import annotations
 
-import errno
-import gc
 import os
 import sys
-import time
 
 import _signal
 import _socket
 
 from srt_launcher import privileges
 from srt_launcher.errors import SETUP_FAILED, LauncherError, report
-from srt_launcher.relay.pump import pump
+from srt_launcher.relay import server
 
 RELAY_USAGE = "usage: srt-launcher relay [--ready-fd N] UNIX_SOCKET HOST:PORT  (see srt-launcher relay --help)"
 READY_BYTE = b"\n"
@@ -40,13 +34,7 @@ KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_PROBES = 3
 LISTEN_BACKLOG = 4096
-# Accept errors that concern one connection, not the listener.
-_TRANSIENT_ACCEPT_ERRORS = (errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR)
-_RESOURCE_ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _TERMINATING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
-# What an acceptor child tells the relay through its pipe.
-_ACCEPTED = b"."
-_LISTENER_BROKEN = b"!"
 
 HELP = """Listen on the Unix socket UNIX_SOCKET and forward each connection to HOST:PORT.
 
@@ -235,18 +223,9 @@ def _exec_lean_server(listener: _socket.socket, socket_file: _SocketFile, addres
 
 
 def _serve_forever(listener: _socket.socket, socket_file: _SocketFile, address: tuple[str, int]) -> None:
-    # Python ignores SIGPIPE at startup, but say so: EPIPE must end a direction, not the process.
-    _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)  # the kernel reaps connection children
-    relay_pid = os.getpid()
-    _unlink_on_termination(socket_file, relay_pid)
+    _unlink_on_termination(socket_file, os.getpid())
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _TERMINATING_SIGNALS)
-    # Objects that exist now are never collected: the cyclic GC of a child
-    # then never writes to them, which would copy their pages (copy-on-write).
-    gc.freeze()
-    while _fork_acceptor(listener, address, relay_pid) != _LISTENER_BROKEN:
-        pass
-    raise SystemExit(SETUP_FAILED)  # the acceptor said why
+    server.serve_forever(listener, _TcpUpstream(address))
 
 
 def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
@@ -266,88 +245,24 @@ def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
         _signal.signal(signum, terminate)
 
 
-def _fork_acceptor(listener: _socket.socket, address: tuple[str, int], relay_pid: int) -> bytes:
-    """Fork one child that accepts and serves one connection; return once it has one (or died).
+class _TcpUpstream:
+    """HOST:PORT of the external proxy."""
 
-    Forking before the connection arrives keeps fork(2) off its path.
-    Returns what the child said: _ACCEPTED, _LISTENER_BROKEN, or b"" if it died.
-    """
-    accepted_r, accepted_w = os.pipe2(os.O_CLOEXEC)
-    try:
-        pid = os.fork()
-    except OSError as err:
-        os.close(accepted_r)
-        os.close(accepted_w)
-        report(LauncherError.from_os("relay: fork", None, err))
-        time.sleep(0.05)  # out of processes or memory: retry rather than stop serving
-        return b""
-    if pid == 0:
-        os.close(accepted_r)
-        _connection_child(listener, accepted_w, address, relay_pid)
-    os.close(accepted_w)
-    try:
-        return os.read(accepted_r, 1)
-    except OSError:
-        return b""
-    finally:
-        os.close(accepted_r)
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
 
+    def __str__(self) -> str:
+        return f"{self.address[0]}:{self.address[1]}"
 
-def _connection_child(listener: _socket.socket, accepted_w: int, address: tuple[str, int], relay_pid: int) -> None:
-    """Accept one connection, tell the relay, serve it and exit; never returns into the relay's loop."""
-    status = 0
-    try:
-        privileges.set_parent_death_signal(_signal.SIGKILL)
-        if os.getppid() != relay_pid:
-            os._exit(0)  # the relay died before PDEATHSIG was armed
-        # Before accept: whatever does not depend on the connection is done off its path.
-        upstream = _upstream_socket()
-        try:
-            conn = _accept(listener)
-        except LauncherError:
-            os.write(accepted_w, _LISTENER_BROKEN)  # forking more acceptors would only spin
-            raise
-        listener.close()
-        os.write(accepted_w, _ACCEPTED)
-        os.close(accepted_w)
-        _connect(upstream, address)
-        pump(conn.fileno(), conn.fileno(), upstream.fileno(), upstream.fileno())
-    except LauncherError as err:
-        status = report(err)
-    except BaseException:  # noqa: BLE001 - a child must never unwind into the relay's loop
-        status = 1
-    os._exit(status)
+    def socket(self) -> _socket.socket:
+        upstream = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        # Before connect, so they hold from the first segment.
+        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        upstream.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        return upstream
 
-
-def _accept(listener: _socket.socket) -> _socket.socket:
-    while True:
-        try:
-            fd, _ = listener._accept()
-            # Family and type given: _socket would otherwise probe the fd with three syscalls.
-            return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-        except OSError as err:
-            if err.errno in _TRANSIENT_ACCEPT_ERRORS:
-                continue
-            if err.errno in _RESOURCE_ACCEPT_ERRORS:
-                time.sleep(0.05)  # out of fds or memory: let other connections finish first
-                continue
-            raise LauncherError.from_os("relay: accept", None, err) from None
-
-
-def _upstream_socket() -> _socket.socket:
-    upstream = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    # Before connect, so they hold from the first segment.
-    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-    upstream.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-    upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    return upstream
-
-
-def _connect(upstream: _socket.socket, address: tuple[str, int]) -> None:
-    try:
-        upstream.connect(address)
-    except OSError as err:
-        upstream.close()
-        raise LauncherError.from_os("relay: connect", f"{address[0]}:{address[1]}", err) from None
+    def connect(self, sock: _socket.socket) -> None:
+        sock.connect(self.address)
