@@ -33,12 +33,22 @@ def main(argv: list[str] | None = None) -> int:
         # Skip interpreter teardown (1-2 ms measured, on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
         os._exit(code)
+    import click
+
     from srt_launcher.cli import cli
     from srt_launcher.errors import LauncherError, report
 
     try:
-        return cli.main(args=args, prog_name="srt-launcher", standalone_mode=True)
-    except LauncherError as err:  # click re-raises what is not its own: one line, no traceback
+        return cli.main(args=args, prog_name="srt-launcher", standalone_mode=False) or 0
+    except click.UsageError as err:
+        # SPEC §2.7: usage errors read like every other launcher error.
+        usage = err.ctx.get_usage() if err.ctx is not None else None
+        return report(LauncherError.usage_error(err.format_message(), None, usage))
+    except click.ClickException as err:
+        return report(LauncherError(err.format_message(), None, None, err.exit_code))
+    except click.Abort:
+        return 130
+    except LauncherError as err:
         return report(err)
 
 

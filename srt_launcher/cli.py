@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import click
 
+from srt_launcher.commands import relay as relay_command
 from srt_launcher.commands.connect import connect
-from srt_launcher.commands.relay import relay
 
 RUN_HELP = """Run COMMAND in a sandbox: its own user, PID, mount (and network) namespaces.
 
@@ -67,5 +67,17 @@ def run_command(ctx: click.Context, args: tuple[str, ...]) -> None:
     raise SystemExit(run.main(list(args)))
 
 
-cli.add_command(relay)
+@cli.command("relay", help=relay_command.HELP, short_help="Host Unix socket -> TCP HOST:PORT relay.")
+@click.option(
+    "--ready-fd",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Once listening, write one byte to fd N and close it (readiness handshake).",
+)
+@click.argument("unix_socket", metavar="UNIX_SOCKET")
+@click.argument("upstream", metavar="HOST:PORT")
+def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
+    relay_command.start_relay(ready_fd, unix_socket, upstream)
+
+
 cli.add_command(connect)

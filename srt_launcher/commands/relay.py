@@ -12,8 +12,8 @@ the backlog. Should the exec fail, this process serves instead.
 Serving (one child per connection, forked before it arrives) is
 relay/server.py, shared with the in-sandbox relay.
 
-Nothing here imports click at module level: the lean server imports this
-module too. The click command is built on first access to ``relay``.
+Nothing here imports click: the lean server imports this module too. The
+click command that calls :func:`start_relay` is in cli.py.
 """
 
 from __future__ import annotations
@@ -71,34 +71,6 @@ def parse_port(text: str, what: str, usage: str) -> int:
     if not text or len(text) > 5 or not all("0" <= char <= "9" for char in text) or not 1 <= int(text) <= 65535:
         raise LauncherError.usage_error(f"{what}: port must be a number from 1 to 65535", text, usage)
     return int(text)
-
-
-def _build_command():  # type: ignore[no-untyped-def]
-    import click
-
-    @click.command("relay", help=HELP, short_help="Host Unix socket -> TCP HOST:PORT relay.")
-    @click.option(
-        "--ready-fd",
-        type=click.IntRange(min=0),
-        metavar="N",
-        help="Once listening, write one byte to fd N and close it (readiness handshake).",
-    )
-    @click.argument("unix_socket", metavar="UNIX_SOCKET")
-    @click.argument("upstream", metavar="HOST:PORT")
-    def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
-        start_relay(ready_fd, unix_socket, upstream)
-
-    return relay
-
-
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    # PEP 562: `from srt_launcher.commands.relay import relay` (cli.py) builds
-    # the click command; the lean server never touches it, so never imports click.
-    if name == "relay":
-        command = _build_command()
-        globals()["relay"] = command
-        return command
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def start_relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
