@@ -18,6 +18,7 @@ process after the fork, off the stub's critical path.
 
 import fcntl
 import os
+import select
 import stat
 
 import _signal
@@ -161,7 +162,10 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
     code = 0
     try:
         _become_relay(relay, prepared, stub)
-        # Imported here, in the relay (≈0.8 ms with the pump), not in the stub.
+        # The server and the pump (≈0.8 ms of imports) load once a first
+        # connection is pending: a relay starts while PID 1 builds the
+        # sandbox, and on two cores they compete for the CPU.
+        select.select([relay.listener], [], [])
         from srt_launcher.relay import server
 
         server.serve_forever(_socket.socket(fileno=relay.listener), _PinnedSocket(relay))
