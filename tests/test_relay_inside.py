@@ -159,6 +159,11 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _state(pid: int) -> str:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()[0]
+
+
 def _pgid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[2])
@@ -404,10 +409,14 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
         assert proc.stdout.readline() == "ready\n"
         (relay,), pid1 = launcher_tree(proc.pid, 1)
         (worker,) = _children(pid1)
+        # One child waits in accept() for the next connection; the served
+        # ones must be gone, not left as zombies.
         deadline = time.monotonic() + 5
-        while _children(relay) and time.monotonic() < deadline:
+        while len(_children(relay)) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _children(relay), "connection children were not reaped"
+        children = _children(relay)
+        assert len(children) <= 1, "connection children were not reaped"
+        assert all(_state(child) != "Z" for child in children)
         status = _status(relay)
         assert _pgid(relay) == relay != _pgid(proc.pid)
         assert status["NoNewPrivs"] == "1"
@@ -418,8 +427,10 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
         fds = {fd: os.readlink(f"/proc/{relay}/fd/{fd}") for fd in os.listdir(f"/proc/{relay}/fd")}
         assert fds.pop("0") == fds.pop("1") == "/dev/null"
         fds.pop("2")
-        # Left: the listener and the pinned socket; not the pipe the launcher inherited.
-        assert sorted(link.split(":")[0] for link in fds.values()) == sorted(["socket", str(sock)]), fds
+        # Left: the listener, the pinned socket and the pipe from the child
+        # waiting in accept(); not the pipe the launcher inherited.
+        assert os.readlink(f"/proc/self/fd/{inherited_write}") not in fds.values(), fds
+        assert sorted(link.split(":")[0] for link in fds.values()) == sorted(["socket", "pipe", str(sock)]), fds
         stub_fds = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
         assert str(sock) not in stub_fds and not any(link.startswith("socket:") for link in stub_fds)
     finally:

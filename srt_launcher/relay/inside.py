@@ -162,9 +162,9 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
     code = 0
     try:
         _become_relay(relay, prepared, stub)
-        # The server and the pump (≈0.8 ms of imports) load once a first
-        # connection is pending: a relay starts while PID 1 builds the
-        # sandbox, and on two cores they compete for the CPU.
+        # The server and the pump (≈0.8 ms of imports), and the first child
+        # forked ahead, wait for a first pending connection: a relay starts
+        # while PID 1 builds the sandbox, and on two cores they compete.
         select.select([relay.listener], [], [])
         from srt_launcher.relay import server
 
