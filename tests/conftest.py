@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,42 @@ def launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
     if request.param == "unprivileged":
         return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
     return Launcher(request.param, root_argv)
+
+
+@pytest.fixture(params=("root", "unprivileged"))
+def host_launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
+    """For subcommands that run on the host without namespaces (relay, connect):
+    the root-userns mode has nothing to add there."""
+    if request.param == "unprivileged":
+        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
+    return Launcher("root", root_argv)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Host PIDs of live processes whose argv contains ``marker`` (zombies have an empty cmdline)."""
+    found = []
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if needle in handle.read():
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def lingering(marker: str, timeout: float = 10.0) -> list[int]:
+    """The processes with ``marker`` still alive after waiting up to ``timeout``.
+
+    SIGKILL and PDEATHSIG are asynchronous: a killer may return before its victims are gone.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 @pytest.fixture

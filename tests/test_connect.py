@@ -22,12 +22,9 @@ from conftest import Launcher
 REFUSED_EXIT = 125
 
 
-@pytest.fixture(params=("root", "unprivileged"))
-def launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
-    """connect runs on the host, without namespaces: the root-userns mode has nothing to add."""
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher("root", root_argv)
+@pytest.fixture
+def launcher(host_launcher: Launcher) -> Launcher:
+    return host_launcher
 
 
 def connect(launcher: Launcher, *args: str, stdin: bytes = b"", timeout: float = 30) -> subprocess.CompletedProcess:

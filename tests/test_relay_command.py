@@ -23,12 +23,9 @@ from conftest import Launcher
 READY_TIMEOUT = 20.0
 
 
-@pytest.fixture(params=("root", "unprivileged"))
-def launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
-    """relay runs on the host, without namespaces: the root-userns mode has nothing to add."""
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher("root", root_argv)
+@pytest.fixture
+def launcher(host_launcher: Launcher) -> Launcher:
+    return host_launcher
 
 
 class Relays:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM
+from conftest import SYSTEM, lingering
 
 PORT = "3128"
 GREETING = b"greeting from "
@@ -117,26 +117,8 @@ def servers(launcher):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- processes on the host
 
 
-def processes_with(marker: str) -> list[int]:
-    """Live processes whose argv mentions ``marker`` (zombies have an empty cmdline)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if marker.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            pass
-    return found
-
-
 def assert_none_left(marker: str, timeout: float = 5.0) -> None:
-    # SIGKILL and PDEATHSIG are asynchronous: the killer may return before the victims are gone.
-    deadline = time.monotonic() + timeout
-    while (left := processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    left = lingering(marker, timeout)
     assert not left, f"processes left behind: {[_describe(pid) for pid in left]}"
 
 

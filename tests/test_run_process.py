@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM
+from conftest import SYSTEM, processes_with
 
 PYTHON_INSIDE = "/usr/bin/python3"  # world-runnable, present in the SYSTEM view
 TIMEOUT = 60  # generous: 2 cores, other suites running in parallel
@@ -39,23 +39,6 @@ FORWARDED = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2")
 def sleep_marker() -> str:
     """A unique, valid ``sleep`` argument that identifies one test's processes."""
     return f"99999.{random.randrange(10**11, 10**12)}"
-
-
-def host_pids_with(marker: str) -> list[int]:
-    """Host PIDs of live (non-zombie) processes whose argv contains ``marker``."""
-    found = []
-    needle = marker.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def argv_of(pid: int) -> list[bytes]:
@@ -78,7 +61,7 @@ def wait_for_workload(marker: str, timeout: float = TIMEOUT) -> int:
     """Host PID of the ``sleep MARKER`` workload, once it has been exec'd."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in host_pids_with(marker):
+        for pid in processes_with(marker):
             argv = argv_of(pid)
             if argv and os.path.basename(argv[0]) == b"sleep":
                 return pid
@@ -90,14 +73,14 @@ def survivors(marker: str, timeout: float = GONE_WITHIN) -> list[tuple[int, list
     """Processes carrying ``marker`` still alive after a bounded poll (empty list: all gone)."""
     deadline = time.monotonic() + timeout
     while True:
-        left = host_pids_with(marker)
+        left = processes_with(marker)
         if not left or time.monotonic() >= deadline:
             return [(pid, argv_of(pid)) for pid in left]
         time.sleep(0.05)
 
 
 def kill_leftovers(marker: str) -> None:
-    for pid in host_pids_with(marker):
+    for pid in processes_with(marker):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -788,7 +771,7 @@ def test_killing_the_launchers_parent_kills_the_whole_sandbox(launcher, marker):
     )
     try:
         wait_for_workload(marker)
-        stub = [pid for pid in host_pids_with(marker) if ppid_of(pid) == parent.pid]
+        stub = [pid for pid in processes_with(marker) if ppid_of(pid) == parent.pid]
         assert stub, "the launcher is not the parent shell's child"
     finally:
         parent.kill()

@@ -12,16 +12,14 @@ directory it can write: the file must not appear.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM
+from conftest import SYSTEM, lingering
 
 TIMEOUT = 60
 
@@ -78,27 +76,6 @@ def assert_usage_error(result: subprocess.CompletedProcess, *named: str) -> None
 def mount_table() -> set[str]:
     with open("/proc/self/mountinfo") as handle:
         return set(handle.read().splitlines())
-
-
-def processes_with(text: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                if text.encode() in handle.read():
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
-
-
-def lingering(text: str, timeout: float = 10) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := processes_with(text)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 # ---------------------------------------------------------------- usage errors (§2.1)
