@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: one sandboxed command whose output shows the isolation.
 set -euo pipefail
-launcher=${1:-.venv/bin/srt-launcher}
+launcher=$(realpath "${1:-.venv/bin/srt-launcher}")
 
 workload='
 echo "whoami inside:   $(id)"
@@ -9,7 +9,7 @@ echo "processes seen:  $(ls /proc | grep -E "^[0-9]+$" | tr "\n" " ")(the host h
 echo "interfaces:      $(awk -F: "NR>2 {print \$1}" /proc/net/dev | tr -d " " | tr "\n" " ")(the host has $HOST_IFACES)"
 echo "capabilities:    $(grep CapEff /proc/self/status | tr -s "\t" " ")"
 echo "seccomp mode:    $(grep ^Seccomp: /proc/self/status | cut -f2)"
-if echo pwned > /etc/srt-launcher-demo 2>/tmp/err; then echo "write to /etc:   ALLOWED (unexpected)"; else echo "write to /etc:   refused ($(sed "s/.*: //" /tmp/err))"; fi
+if { echo pwned > /etc/srt-launcher-demo; } 2>/tmp/err; then echo "write to /etc:   ALLOWED (unexpected)"; else echo "write to /etc:   refused ($(sed "s/.*: //" /tmp/err))"; fi
 echo scratch > /tmp/scratch && echo "write to /tmp:   ok (a private tmpfs, gone after exit)"
 python3 -c "import socket; socket.socket(socket.AF_UNIX)" 2>/dev/null && echo "AF_UNIX socket:  allowed" || echo "AF_UNIX socket:  refused by the seccomp filter"
 '
