@@ -670,6 +670,11 @@ def main() -> int:
     )
     parser.add_argument("--output", "-o", default=str(REPO / "bench-results.json"), help="JSON results file")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a budget is missed (by default only a section that could not be measured fails the run)",
+    )
     args = parser.parse_args()
     sections = [x for x in args.sections.split(",") if x]
     unknown = set(sections) - set(SECTIONS)
@@ -738,7 +743,7 @@ def main() -> int:
         print(f"\nsummary: {len(bench.budgets) - len(failed)}/{len(bench.budgets)} budgets pass", end="")
         print(f", {len(bench.errors)} section errors" if bench.errors else "", end="")
         print(f"; {machine['elapsed_s']} s; results written to {args.output}")
-        status = 0 if report["pass"] else 1
+        status = 1 if bench.errors or (args.strict and failed) else 0
     except BenchError as err:
         eprint(f"bench: {err}")
         status = 1
