@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("ARGV0") == "srt-launcher":
         del os.environ["ARGV0"]
     if args and args[0] == "run" and not wants_help(args[1:]):
+        parent = os.getppid()
         from srt_launcher import signals
 
         # Blocked before the ≈4 ms of imports below: a SIGTERM or ^C that
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         caller_mask = signals.block_launch_signals()
         from srt_launcher.commands import run
 
-        code = run.main(args[1:], caller_mask)
+        code = run.main(args[1:], caller_mask, parent)
         # Skip interpreter teardown (1-2 ms measured, on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
         os._exit(code)

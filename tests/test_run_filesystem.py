@@ -386,3 +386,45 @@ def test_uncreatable_target_fails_with_125_and_no_traceback(launcher):
     assert result.stderr.startswith("srt-launcher: ro-bind: /etc/srt-launcher-new/x: ")
     assert "Traceback" not in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+# ---------------------------------------------------------------- symlinks in mount targets
+
+
+@pytest.fixture
+def host_victim_dir():  # type: ignore[no-untyped-def]
+    """A host directory outside everything a test binds, writable by anyone."""
+    path = Path(tempfile.mkdtemp(prefix="srt-launcher-victim-", dir="/tmp"))
+    path.chmod(0o777)
+    yield path
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.mark.parametrize("link_kind", ["absolute", "relative"])
+def test_planted_symlink_cannot_make_a_later_launch_create_files_on_the_host(launcher, shared_dir, host_victim_dir, link_kind):
+    # Launch N: the workload, with a writable bind, plants a link aimed at the
+    # host's real root as PID 1 sees it while building the next sandbox.
+    escape = f"/oldroot{host_victim_dir}" if link_kind == "absolute" else "../" * 12 + f"oldroot{host_victim_dir}"
+    writable = (*SYSTEM, "--bind", str(shared_dir), str(shared_dir))
+    planted = launcher.run(*writable, "--", "ln", "-s", escape, f"{shared_dir}/cfg")
+    assert planted.returncode == 0, planted.stderr
+    # Launch N+1: mount targets that pass through the link.
+    launcher.run(
+        *writable, "--tmpfs", f"{shared_dir}/cfg/cache/sub", "--ro-bind", "/etc/hostname", f"{shared_dir}/cfg/deny",
+        "--", "/bin/true",
+    )
+    assert list(host_victim_dir.iterdir()) == []
+
+
+def test_absolute_symlink_in_a_target_resolves_inside_the_sandbox(launcher, shared_dir):
+    # /tmp is the sandbox's own tmpfs: the link is followed as the workload sees it.
+    (shared_dir / "scratch").symlink_to("/tmp")
+    options = (*SYSTEM, "--tmpfs", "/tmp", "--bind", str(shared_dir), str(shared_dir), "--tmpfs", f"{shared_dir}/scratch/sub")
+    result = launcher.sh("grep ' /tmp/sub ' /proc/self/mountinfo | cut -d' ' -f5", *options)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "/tmp/sub\n"
+
+
+def test_host_proc_is_read_only(launcher):
+    result = launcher.sh("echo 0 > /proc/self/oom_score_adj", "--ro-bind", "/", "/", "--host-proc", "/proc")
+    assert "Read-only file system" in result.stderr

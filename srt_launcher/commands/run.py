@@ -75,13 +75,16 @@ class RunConfig:
         self.command: list[str] = []
 
 
-def main(argv: list[str], caller_mask: set[int] | None = None) -> int:
+def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | None = None) -> int:
     """Run the launch; ``caller_mask`` is the signal mask from before the
-    entry point blocked the launch signals (None: block them here)."""
+    entry point blocked the launch signals (None: block them here), ``parent``
+    the parent PID the entry point saw (None: read it here)."""
     if caller_mask is None:
         caller_mask = signals.block_launch_signals()
+    if parent is None:
+        parent = os.getppid()
     try:
-        return launch(parse_args(argv), caller_mask)
+        return launch(parse_args(argv), caller_mask, parent)
     except LauncherError as err:
         return report(err)
 
@@ -160,7 +163,7 @@ def parse_args(argv: list[str]) -> RunConfig:
 # ---------------------------------------------------------------- the stub
 
 
-def launch(config: RunConfig, caller_mask: set[int]) -> int:
+def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
     _refuse_setid()
     tty_path = _stdout_tty()
     cwd = _current_dir()
@@ -169,6 +172,10 @@ def launch(config: RunConfig, caller_mask: set[int]) -> int:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     privileges.set_no_new_privs()
     privileges.set_parent_death_signal(_signal.SIGKILL)
+    if os.getppid() != parent:
+        # The caller died before PDEATHSIG was armed, so it will never fire:
+        # end as if it had.
+        return 128 + _signal.SIGKILL
     _resolve_sources(config.ops)
     seccomp_program = _load_seccomp() if config.seccomp_unix_block else None
     env = dict(os.environ)

@@ -8,6 +8,7 @@ follows bubblewrap's ``bind_mount()`` in bind-mount.c.
 
 import errno
 import os
+import stat
 
 from srt_launcher import kernel
 from srt_launcher.errors import LauncherError
@@ -70,12 +71,54 @@ def host_path(path: str) -> str:
     return OLDROOT if path == "/" else OLDROOT + path
 
 
-def sandbox_path(path: str) -> str:
-    return NEWROOT if path == "/" else NEWROOT + path
+_MAX_SYMLINKS = 40  # as the kernel's path walk
+
+
+def sandbox_path(dest: str, step: str) -> str:
+    """Where ``dest`` is under /newroot, resolved as the sandbox will see it.
+
+    Like openat2(RESOLVE_IN_ROOT), which Python cannot call: an absolute
+    symlink restarts at the new root and ".." stops there. A plain path walk
+    would follow a symlink the workload of an earlier launch planted in a
+    writable bind (``cfg -> /oldroot/etc``) out to the host's real root,
+    where the launcher would create mount points with its privileges.
+    """
+    pending = [part for part in dest.split("/") if part]
+    resolved: list[str] = []
+    links = 0
+    missing = False
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        path = NEWROOT + "/" + "/".join(resolved + [name])
+        if not missing:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:
+                missing = True  # nothing below exists either: the rest is created
+            except OSError as err:
+                raise LauncherError.from_os(step, dest, err) from None
+            else:
+                if stat.S_ISLNK(mode):
+                    links += 1
+                    if links > _MAX_SYMLINKS:
+                        raise LauncherError(step, dest, os.strerror(errno.ELOOP))
+                    target = os.readlink(path)
+                    if target.startswith("/"):
+                        resolved = []
+                    pending[:0] = [part for part in target.split("/") if part]
+                    continue
+        resolved.append(name)
+    return NEWROOT + "".join("/" + part for part in resolved)
 
 
 def apply(op: MountOp, ctx: MountContext) -> None:
-    target = sandbox_path(op.dest)
+    target = sandbox_path(op.dest, op.kind)
     if op.kind == "bind":
         ensure_target(target, op.source_is_dir, op.kind, op.dest)
         bind_mount(ctx, host_path(op.source), target, BIND_READ_WRITE, op.kind, op.dest, recursive=op.source_is_dir)
@@ -94,7 +137,9 @@ def apply(op: MountOp, ctx: MountContext) -> None:
         cover_proc(ctx, target, op.kind, op.dest, recursive=False)  # a fresh procfs has no submounts
     elif op.kind == "host-proc":
         ensure_target(target, True, op.kind, op.dest)
-        bind_mount(ctx, host_path("/proc"), target, BIND_READ_WRITE | kernel.MS_NOEXEC, op.kind, op.dest)
+        # Read-only: a uid-0 workload without capabilities still owns the
+        # /proc/PID files of the host's root processes (oom_score_adj...).
+        bind_mount(ctx, host_path("/proc"), target, BIND_READ_ONLY | kernel.MS_NOEXEC, op.kind, op.dest)
         cover_proc(ctx, target, op.kind, op.dest, recursive=True)
     elif op.kind == "dev":
         mount_dev(ctx, target, op.dest)
@@ -110,30 +155,35 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 
 
 def ensure_target(target: str, is_dir: bool, step: str, shown: str) -> None:
-    """Create a missing mount point matching the source's kind; never touch an existing one."""
-    if os.path.exists(target):
+    """Create a missing mount point matching the source's kind; never touch an existing one.
+
+    ``target`` comes from :func:`sandbox_path`. Creation walks it from
+    /newroot one directory at a time without following symlinks, so a
+    component swapped for a symlink meanwhile (another sandbox sharing a
+    writable bind) fails the launch instead of redirecting the mkdir.
+    """
+    if os.path.lexists(target):
         return
+    names = target[len(NEWROOT) :].strip("/").split("/")
+    directory = os.open(NEWROOT, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        _make_parents(target)
+        for name in names[:-1]:
+            try:
+                os.mkdir(name, 0o755, dir_fd=directory)
+            except FileExistsError:
+                pass
+            below = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
+            os.close(directory)
+            directory = below
         if is_dir:
-            os.mkdir(target, 0o755)
+            os.mkdir(names[-1], 0o755, dir_fd=directory)
         else:
-            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(names[-1], flags, 0o444, dir_fd=directory))
     except OSError as err:
         raise LauncherError.from_os(step, shown, err) from None
-
-
-def _make_parents(path: str) -> None:
-    """mkdir -p of the parent; a regular file in the way is ENOTDIR (makedirs says EEXIST)."""
-    parent = os.path.dirname(path)
-    if os.path.isdir(parent):
-        return
-    _make_parents(parent)
-    try:
-        os.mkdir(parent, 0o755)
-    except FileExistsError:
-        if not os.path.isdir(parent):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), parent) from None
+    finally:
+        os.close(directory)
 
 
 def mount_tmpfs(target: str, step: str, shown: str) -> None:
