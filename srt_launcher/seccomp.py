@@ -41,7 +41,7 @@ def load_filter() -> bytes:
     Called in the stub before any namespace or process exists, so an
     unsupported host fails the launch cleanly (exit 125).
     """
-    machine = os.uname().machine
+    machine = kernel.MACHINE
     name = _BLOBS.get(machine)
     if name is None:
         raise _unsupported(machine)
