@@ -52,6 +52,8 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf scripts "$$stage"/ && \
 	  $(PIP) install --no-deps --force-reinstall "$$stage" >/dev/null; \
 	  rc=$$?; rm -rf "$$stage"; exit $$rc
+	@# pip writes a bare #!…/python; one argument on a #! line: -I -S as -IS (see scripts/srt-launcher).
+	sed -i '1s|^\(#!.*python[0-9.]*\)$$|\1 -IS|' $(VENV)/bin/srt-launcher
 	chmod -R a+rX $(VENV)
 	touch $@
 

@@ -54,7 +54,9 @@ def unprivileged_argv(root_argv: list[str]) -> list[str]:
 
     The checkout may sit under a directory other users cannot search (CI
     clones where it likes; /root is 0700). Then the (non-editable) venv is
-    copied to a world-readable directory and run as ``python -m``.
+    copied to a world-readable directory, and its command's #! line (an
+    absolute path, with the interpreter flags `make setup` gave it) is
+    pointed at the copy's interpreter.
     """
     if _can_run_as_unprivileged(root_argv).returncode == 0:
         yield root_argv
@@ -62,7 +64,11 @@ def unprivileged_argv(root_argv: list[str]) -> list[str]:
     copy = Path(tempfile.mkdtemp(prefix="srt-launcher-unprivileged-", dir="/var/tmp"))
     copy.chmod(0o755)
     shutil.copytree(VENV, copy / "venv", symlinks=True)
-    argv = [str(copy / "venv" / "bin" / "python"), "-m", "srt_launcher"]
+    script = copy / "venv" / "bin" / "srt-launcher"
+    lines = script.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace(str(VENV), str(copy / "venv"), 1)
+    script.write_text("".join(lines))
+    argv = [str(script)]
     probe = _can_run_as_unprivileged(argv)
     if probe.returncode != 0:
         shutil.rmtree(copy, ignore_errors=True)

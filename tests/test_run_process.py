@@ -128,6 +128,33 @@ def ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
+# ---------------------------------------------------------------- the installed command
+
+
+@pytest.mark.parametrize("variable", ["PYTHONPATH", "PYTHONHOME"])
+def test_installed_command_ignores_the_callers_python_environment(launcher, shared_dir, variable):
+    """The command runs its interpreter isolated (-I): the caller's PYTHON*
+    variables cannot change which code the launcher is. A fake package on
+    PYTHONPATH would otherwise shadow the installed one."""
+    fake = shared_dir / "srt_launcher"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise SystemExit('the caller\'s PYTHONPATH was imported')\n")
+    (fake / "__main__.py").write_text("raise SystemExit('the caller\'s PYTHONPATH was imported')\n")
+    env = dict(os.environ, **{variable: str(shared_dir)})
+    result = launcher.run(*SYSTEM, "--", "/bin/sh", "-c", "echo inside", env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "inside\n", "")
+
+
+def test_launch_ignores_site_customisation_of_the_caller(launcher, shared_dir):
+    """No site module on the launch path (-S): a usercustomize/sitecustomize
+    reachable by the caller is not run."""
+    (shared_dir / "sitecustomize.py").write_text("raise SystemExit('sitecustomize ran')\n")
+    (shared_dir / "usercustomize.py").write_text("raise SystemExit('usercustomize ran')\n")
+    env = dict(os.environ, PYTHONPATH=str(shared_dir), PYTHONUSERBASE=str(shared_dir))
+    result = launcher.run(*SYSTEM, "--", "/bin/true", env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
 # ---------------------------------------------------------------- exit status (§2.7)
 
 

@@ -161,11 +161,19 @@ def _kill(pids: list[int]) -> None:
 def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
     code = 0
     try:
-        _become_relay(relay, prepared, stub)
-        # The server and the pump (≈0.8 ms of imports), and the first child
-        # forked ahead, wait for a first pending connection: a relay starts
-        # while PID 1 builds the sandbox, and on two cores they compete.
+        # PDEATHSIG first: from here the relay cannot outlive the stub.
+        privileges.set_parent_death_signal(_signal.SIGKILL)
+        if os.getppid() != stub:
+            os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
+        # Everything else waits for a first pending connection: a relay starts
+        # while PID 1 builds the sandbox, and on two cores they compete
+        # (measured: the rest of the setup, the server's imports and the
+        # first child forked ahead cost ≈1 ms of CPU per relay, which most
+        # launches never use). Nothing is read before _become_relay returns
+        # (connections are only taken by children forked after it), so no
+        # input ever meets a relay that still has capabilities or fds.
         select.select([relay.listener], [], [])
+        _become_relay(relay, prepared)
         from srt_launcher.relay import server
 
         server.serve_forever(_socket.socket(fileno=relay.listener), _PinnedSocket(relay))
@@ -175,14 +183,11 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         os._exit(code)
 
 
-def _become_relay(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
+def _become_relay(relay: _Relay, prepared: list[_Relay]) -> None:
     # Own process group: the stub's killpg reaches the relay and every
     # connection child at once, and a terminal's ^C (sent to the foreground
-    # group) does not.
+    # group) does not. (The stub also sets it, right after the fork.)
     os.setpgid(0, 0)
-    privileges.set_parent_death_signal(_signal.SIGKILL)
-    if os.getppid() != stub:
-        os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
     privileges.set_undumpable()
     privileges.drop_all_capabilities()
     # EPIPE is handled where it happens; SIGPIPE would kill a connection mid-pump.
