@@ -58,7 +58,11 @@ def unprivileged_argv(root_argv: list[str]) -> list[str]:
     absolute path, with the interpreter flags `make setup` gave it) is
     pointed at the copy's interpreter.
     """
-    if _can_run_as_unprivileged(root_argv).returncode == 0:
+    try:
+        reachable = _can_run_as_unprivileged(root_argv).returncode == 0
+    except PermissionError:  # the #! interpreter or the script itself is out of reach
+        reachable = False
+    if reachable:
         yield root_argv
         return
     copy = Path(tempfile.mkdtemp(prefix="srt-launcher-unprivileged-", dir="/var/tmp"))
@@ -89,6 +93,11 @@ class Launcher:
 
     def __repr__(self) -> str:
         return f"Launcher({self.mode})"
+
+    @property
+    def python(self) -> str:
+        """The venv interpreter beside the command this caller runs (reachable by it)."""
+        return str(Path(self.argv_prefix[0]).parent / "python")
 
     def argv(self, subcommand: str, *args: str) -> list[str]:
         argv = [*self.argv_prefix, subcommand]

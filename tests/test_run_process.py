@@ -928,10 +928,7 @@ def test_stderr_reaches_the_caller(launcher):
 
 
 def _python_m_argv(launcher) -> list[str]:  # type: ignore[no-untyped-def]
-    prefix = launcher.argv_prefix
-    if len(prefix) >= 3 and prefix[1:3] == ["-m", "srt_launcher"]:
-        return list(prefix)
-    return [str(Path(prefix[0]).parent / "python"), "-m", "srt_launcher"]
+    return [launcher.python, "-m", "srt_launcher"]
 
 
 def test_python_dash_m_runs_like_the_console_script(launcher):

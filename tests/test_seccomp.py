@@ -315,9 +315,8 @@ def test_installed_package_loads_the_blob_for_this_machine() -> None:
 
 def test_launch_with_the_flag_does_not_import_pyseccomp(launcher) -> None:
     # The caller's interpreter: the venv's, or the world-readable copy of it.
-    python = launcher.argv_prefix[0] if len(launcher.argv_prefix) > 1 else str(VENV / "bin" / "python")
     run_args = launcher.argv("run", SECCOMP, *SYSTEM, "--", "/bin/true")[len(launcher.argv_prefix) :]
-    argv = [python, "-X", "importtime", "-m", "srt_launcher", *run_args]
+    argv = [launcher.python, "-X", "importtime", "-m", "srt_launcher", *run_args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 0, result.stderr
     assert "srt_launcher.seccomp" in result.stderr  # the import log is really there
