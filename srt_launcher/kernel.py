@@ -103,13 +103,15 @@ class _Program:
     _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)
 
 
-def _libc_function(name: str, restype: type, argtypes: tuple[type, ...] | None = None) -> _ctypes.CFuncPtr:
-    class Function(_ctypes.CFuncPtr):
-        # C calling convention, and errno saved right after the call (get_errno()).
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = restype
+class _Function(_ctypes.CFuncPtr):
+    # C calling convention, and errno saved right after the call (get_errno()).
+    _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+    _restype_ = _Int
 
-    function = Function((name, _Program))
+
+def _libc_function(name: str, restype: type, argtypes: tuple[type, ...] | None = None) -> _ctypes.CFuncPtr:
+    function = _Function((name, _Program))
+    function.restype = restype
     if argtypes is not None:
         function.argtypes = argtypes
     return function

@@ -6,8 +6,6 @@ the rules). This module is on the launch path: it never imports pyseccomp
 loaded.
 """
 
-from __future__ import annotations
-
 import os
 import sys
 

@@ -29,8 +29,6 @@ Imports are C modules only: the in-sandbox relay is on the launch path
 Callers must ignore SIGPIPE (Python does at startup); EPIPE ends a direction.
 """
 
-from __future__ import annotations
-
 import _socket
 import _thread
 import errno
