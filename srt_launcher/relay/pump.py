@@ -2,11 +2,13 @@
 
 Two engines behind one call, both moving bytes with ``splice(2)`` through a
 private pipe per direction (socket → pipe → socket, no copy through user
-space; the pipe grown to 1 MiB so one splice moves what a socket buffer holds):
+space; the pipe grown to 1 MiB so one splice moves what a socket buffer
+holds, in the socket engine only once a transfer fills the default pipe):
 
-- Socket to socket (both relays): one thread, both sockets non-blocking, a
-  poll loop that waits for input only when a direction's pipe is empty and
-  for output only when it is not. Never blocking on a write means one
+- Socket to socket (both relays, :func:`pump_sockets`): one thread, both
+  sockets non-blocking, a poll loop that waits for input only when a
+  direction's pipe is empty and for output only when it is not, and runs
+  only the directions poll found ready. Never blocking on a write means one
   direction stuck on a slow reader never stalls the other (no write/write
   deadlock), and a connection costs no thread: measured, a thread per
   connection (stack, malloc arena, GIL hand-offs) was the largest part of
@@ -45,6 +47,10 @@ _NONBLOCKING_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _FAIR_SHARE = 16
 _POLLIN = select.POLLIN
 _POLLOUT = select.POLLOUT
+_POLLHUP = select.POLLHUP
+_POLLERR = select.POLLERR
+# What a new pipe holds (16 pages): the socket engine's first reads.
+_DEFAULT_PIPE_SIZE = 16 * os.sysconf("SC_PAGE_SIZE")
 
 
 class _WriteFailed(Exception):
@@ -61,7 +67,7 @@ def pump(left_in: int, left_out: int, right_in: int, right_out: int) -> None:
     of /dev/null over it) when its direction ends.
     """
     if left_in == left_out and right_in == right_out and _is_socket(left_in) and _is_socket(right_in):
-        _pump_sockets(left_in, right_in)
+        pump_sockets(left_in, right_in)
     else:
         _pump_threads(left_in, left_out, right_in, right_out)
 
@@ -82,43 +88,62 @@ def _pump_threads(left_in: int, left_out: int, right_in: int, right_out: int) ->
 
 
 class _Flow:
-    """One direction of the socket engine: src → pipe → dst."""
+    """One direction of the socket engine: src → pipe → dst.
 
-    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "chunk", "pending", "open")
+    Built for short connections as much as long ones: the pipe keeps the
+    kernel's default size until a read fills it (a connection that moves a
+    few bytes never pays for a 1 MiB pipe), and a read that returns less than
+    the pipe holds means src is drained for now, so the flow goes back to
+    poll rather than retrying into EAGAIN (an exception, with its errno
+    message formatted, per attempt).
+    """
+
+    __slots__ = ("src", "dst", "pipe_r", "pipe_w", "chunk", "grown", "pending", "open")
 
     def __init__(self, src: int, dst: int) -> None:
         self.src = src
         self.dst = dst
         self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            self.chunk = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            self.chunk = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)  # over the user's pipe quota
+        self.chunk = _DEFAULT_PIPE_SIZE  # a smaller pipe (over quota) just returns less
+        self.grown = False
         self.pending = 0  # bytes in the pipe, not yet written to dst
         self.open = True
 
     def run(self) -> None:
         """Move bytes until src has none or dst takes no more (or this direction ends)."""
+        more = True  # whether src may hold more than what was last read
         for _ in range(_FAIR_SHARE):
-            if self.pending:
+            if not self.pending:
                 try:
-                    self.pending -= os.splice(self.pipe_r, self.dst, self.pending, flags=_NONBLOCKING_SPLICE_FLAGS)
+                    count = os.splice(self.src, self.pipe_w, self.chunk, flags=_NONBLOCKING_SPLICE_FLAGS)
                 except BlockingIOError:
                     return
                 except OSError:
-                    self.finish(write_failed=True)
+                    count = 0  # a reset: for the other side, the same as EOF
+                if count == 0:
+                    self.finish(write_failed=False)
                     return
-                continue
+                self.pending = count
+                more = count >= self.chunk
             try:
-                count = os.splice(self.src, self.pipe_w, self.chunk, flags=_NONBLOCKING_SPLICE_FLAGS)
+                self.pending -= os.splice(self.pipe_r, self.dst, self.pending, flags=_NONBLOCKING_SPLICE_FLAGS)
             except BlockingIOError:
                 return
             except OSError:
-                count = 0  # a reset: for the other side, the same as EOF
-            if count == 0:
-                self.finish(write_failed=False)
+                self.finish(write_failed=True)
                 return
-            self.pending = count
+            if self.pending or not more:
+                return  # dst is full (wait for POLLOUT) or src drained (wait for POLLIN)
+            if not self.grown:
+                self.grow()
+
+    def grow(self) -> None:
+        """A read filled the pipe: this is a bulk transfer, move up to 1 MiB per splice."""
+        self.grown = True
+        try:
+            self.chunk = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # above pipe-max-size or the user's pipe quota: keep the default
 
     def finish(self, write_failed: bool) -> None:
         self.open = False
@@ -133,15 +158,24 @@ class _Flow:
         return (self.dst, _POLLOUT) if self.pending else (self.src, _POLLIN)
 
 
-def _pump_sockets(left: int, right: int) -> None:
+def pump_sockets(left: int, right: int) -> None:
+    """Copy between two connected stream sockets until both directions end.
+
+    What the relays use: ``pump(c, c, u, u)`` without the checks of what the
+    fds are. Both sockets are left non-blocking.
+    """
     os.set_blocking(left, False)
     os.set_blocking(right, False)
     flows = [_Flow(left, right), _Flow(right, left)]
     poller = select.poll()
     registered: dict[int, int] = {}
+    ready: dict[int, int] = {}  # first round: nothing has been polled yet, wait
     while True:
         for flow in flows:
-            if flow.open:
+            fd, event = flow.wanted()
+            # Only a flow whose fd is ready runs: running the others would
+            # end in EAGAIN. HUP and ERR count as ready (EOF or a failed write).
+            if ready.get(fd, 0) & (event | _POLLHUP | _POLLERR):
                 flow.run()
         flows = [flow for flow in flows if flow.open]
         if not flows:
@@ -165,7 +199,7 @@ def _pump_sockets(left: int, right: int) -> None:
             else:
                 poller.register(fd, mask)
                 registered[fd] = mask
-        poller.poll()
+        ready = dict(poller.poll())
 
 
 def _direction(src: int, dst: int) -> None:

@@ -23,7 +23,7 @@ import _socket
 
 from srt_launcher import privileges
 from srt_launcher.errors import LauncherError, report
-from srt_launcher.relay.pump import pump
+from srt_launcher.relay.pump import pump_sockets
 
 # accept() errors that concern one queued connection (reset before it was
 # taken, refused by a security module): the relay must outlive them.
@@ -102,7 +102,7 @@ def _connection_child(listener: _socket.socket, accepted_w: int, upstream, relay
             # Refused or gone: closing tells the client; the relay serves on.
             status = report(LauncherError.from_os("relay: connect", str(upstream), err))
             return
-        pump(connection, connection, upstream_socket.fileno(), upstream_socket.fileno())
+        pump_sockets(connection, upstream_socket.fileno())
     except BaseException as err:  # a child must never unwind into the relay's loop
         status = report(LauncherError("relay", str(upstream), repr(err)))
     finally:
