@@ -425,6 +425,21 @@ def test_killing_the_relays_parent_kills_the_relay_and_its_connection_children(l
         parent.stderr.close()
 
 
+def test_sigterm_ends_a_relay_that_has_just_served_connections(launcher, relays, shared_dir, echo_upstream):
+    """While it forks replacements for the children that took connections,
+    the relay is between blocking calls: a SIGTERM landing just before it
+    blocks again must still end it (a Python handler alone would wait for
+    the next connection). Repeated, since the window is narrow."""
+    for attempt in range(15):
+        path = shared_dir / f"proxy-{attempt}.sock"
+        relay = relays.start(path, echo_upstream.address)
+        for _ in range(5):
+            assert round_trip(path) == b"ping"
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=10) == -signal.SIGTERM, f"attempt {attempt}"
+        assert not path.exists()
+
+
 def test_relay_removes_its_socket_file_on_sigterm(launcher, relays, shared_dir, echo_upstream):
     path = shared_dir / "proxy.sock"
     relay = relays.start(path, echo_upstream.address)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import SYSTEM, lingering
+from srt_launcher.relay.server import WAITING_ACCEPTORS
 
 PORT = "3128"
 GREETING = b"greeting from "
@@ -391,13 +392,13 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
         assert proc.stdout.readline() == "ready\n"
         (relay,), pid1 = launcher_tree(proc.pid, 1)
         (worker,) = _children(pid1)
-        # One child waits in accept() for the next connection; the served
-        # ones must be gone, not left as zombies.
+        # WAITING_ACCEPTORS children wait in accept() for the next
+        # connections; the served ones must be gone, not left as zombies.
         deadline = time.monotonic() + 5
-        while len(_children(relay)) > 1 and time.monotonic() < deadline:
+        while len(_children(relay)) > WAITING_ACCEPTORS and time.monotonic() < deadline:
             time.sleep(0.05)
         children = _children(relay)
-        assert len(children) <= 1, "connection children were not reaped"
+        assert len(children) <= WAITING_ACCEPTORS, "connection children were not reaped"
         assert all(_state(child) != "Z" for child in children)
         status = _status(relay)
         assert _pgid(relay) == relay != _pgid(proc.pid)
@@ -409,10 +410,12 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
         fds = {fd: os.readlink(f"/proc/{relay}/fd/{fd}") for fd in os.listdir(f"/proc/{relay}/fd")}
         assert fds.pop("0") == fds.pop("1") == "/dev/null"
         fds.pop("2")
-        # Left: the listener, the pinned socket and the pipe from the child
-        # waiting in accept(); not the pipe the launcher inherited.
+        # Left: the listener, the pinned socket, the pipes from the children
+        # waiting in accept() and the signal wakeup pipe; not the pipe the
+        # launcher inherited.
         assert os.readlink(f"/proc/self/fd/{inherited_write}") not in fds.values(), fds
-        assert sorted(link.split(":")[0] for link in fds.values()) == sorted(["socket", "pipe", str(sock)]), fds
+        expected = ["socket", str(sock)] + ["pipe"] * (WAITING_ACCEPTORS + 2)
+        assert sorted(link.split(":")[0] for link in fds.values()) == sorted(expected), fds
         stub_fds = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
         assert str(sock) not in stub_fds and not any(link.startswith("socket:") for link in stub_fds)
     finally:
