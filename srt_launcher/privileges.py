@@ -22,6 +22,12 @@ def set_parent_death_signal(signum: int) -> None:
     _prctl.prctl(_prctl.PR_SET_PDEATHSIG, signum)
 
 
+def set_child_subreaper() -> None:
+    # Descendants orphaned by a dying child are re-parented to us rather than
+    # to the caller's reaper (or init), so we can reap them before exiting.
+    _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+
+
 def set_undumpable() -> None:
     # Non-dumpable: /proc/PID/{mem,environ,fd} of launcher processes are
     # owned by root and ptrace needs CAP_SYS_PTRACE, so an uncapable workload

@@ -176,6 +176,10 @@ def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
     privileges.set_no_new_privs()
     privileges.set_parent_death_signal(_signal.SIGKILL)
+    # A relay's connection children outlive it by a moment when its process
+    # group is killed; as a subreaper the stub inherits and reaps them, so
+    # no process of the launch is left to the caller's reaper (SPEC §2.8).
+    privileges.set_child_subreaper()
     if os.getppid() != parent:
         # The caller died before PDEATHSIG was armed, so it will never fire:
         # end as if it had.
@@ -271,16 +275,20 @@ def _phase_one(config: RunConfig) -> tuple[list[int], bool]:
 
 
 def _kill_relays(relays: set[int] | list[int]) -> None:
+    """SIGKILL each relay's process group, then reap every child left: the
+    relays, and their connection children re-parented to the stub (a child
+    subreaper) when a relay died before them. Everything left is SIGKILLed
+    (or dying of PDEATHSIG), so this does not block for long."""
     for pid in relays:
         try:
             os.killpg(pid, _signal.SIGKILL)  # the relay and its per-connection children
         except ProcessLookupError:
             pass
-    for pid in relays:
+    while True:
         try:
-            os.waitpid(pid, 0)
+            os.waitpid(-1, 0)
         except ChildProcessError:
-            pass
+            return
 
 
 # ---------------------------------------------------------------- PID 1
