@@ -7,11 +7,13 @@ as the launcher's caller. Nothing is mocked.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import select
 import signal
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -438,6 +440,51 @@ def test_sigterm_ends_a_relay_that_has_just_served_connections(launcher, relays,
         relay.send_signal(signal.SIGTERM)
         assert relay.wait(timeout=10) == -signal.SIGTERM, f"attempt {attempt}"
         assert not path.exists()
+
+
+_REAPER_DRIVER = textwrap.dedent(
+    """
+    import json, os, signal, socket, subprocess, sys, time
+    import _prctl
+    # As sandbox-runtime's process manager may be: a child subreaper, which
+    # inherits whatever its children leave orphaned.
+    _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+    argv, path = json.loads(sys.argv[1]), sys.argv[2]
+    relay = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    assert relay.stdout.read(1) == b"\\n"
+    held = socket.socket(socket.AF_UNIX)
+    held.connect(path)
+    held.sendall(b"ping")
+    assert held.recv(4) == b"ping"  # served: a connection child holds it, two more wait in accept()
+    relay.send_signal(signal.SIGTERM)
+    status = relay.wait(timeout=10)
+    inherited, deadline = [], time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid:
+            inherited.append(pid)
+        else:
+            time.sleep(0.01)
+    print(json.dumps([status, inherited]))
+    """
+)
+
+
+def test_sigterm_leaves_no_connection_child_to_the_callers_reaper(launcher, shared_dir, echo_upstream):
+    path = shared_dir / "proxy.sock"
+    argv = launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address)
+    result = subprocess.run(
+        [launcher.python, "-I", "-c", _REAPER_DRIVER, json.dumps(argv), str(path)],
+        capture_output=True, text=True, timeout=60, **launcher.process_kwargs(),
+    )
+    assert result.returncode == 0, result.stderr
+    status, inherited = json.loads(result.stdout)
+    assert status == -signal.SIGTERM
+    assert inherited == [], "connection children were left to the caller's reaper"
+    assert not path.exists()
 
 
 def test_relay_removes_its_socket_file_on_sigterm(launcher, relays, shared_dir, echo_upstream):

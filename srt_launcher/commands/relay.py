@@ -206,7 +206,8 @@ def _serve_forever(listener: _socket.socket, socket_file: _SocketFile, address: 
 
 
 def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
-    """SIGTERM/SIGINT/SIGHUP: remove the socket file, then die of the same signal.
+    """SIGTERM/SIGINT/SIGHUP: remove the socket file, end the connection
+    children, then die of the same signal.
 
     Connection children inherit the handler; the pid check keeps them from
     removing the relay's socket file (cheaper than resetting it in each child).
@@ -215,11 +216,36 @@ def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
     def terminate(signum: int, _frame: object) -> None:
         if os.getpid() == relay_pid:
             socket_file.remove()
+            _end_children(relay_pid)
         _signal.signal(signum, _signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
     for signum in _TERMINATING_SIGNALS:
         _signal.signal(signum, terminate)
+
+
+def _end_children(relay_pid: int) -> None:
+    """SIGKILL the connection children and wait until they are gone.
+
+    PDEATHSIG would kill them once the relay is dead, but they would then be
+    orphans, left to the caller's reaper or init. SIGCHLD is ignored (the
+    kernel reaps them), so waitpid returns ECHILD once the last one is gone.
+    """
+    try:
+        with open(f"/proc/self/task/{relay_pid}/children") as handle:
+            children = [int(pid) for pid in handle.read().split()]
+    except OSError:
+        return  # no /proc: PDEATHSIG still ends them
+    for pid in children:
+        try:
+            os.kill(pid, _signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        while True:
+            os.waitpid(-1, 0)
+    except ChildProcessError:
+        pass
 
 
 class _TcpUpstream:
