@@ -7,6 +7,7 @@ unprivileged uid (the user-namespace path) and as root with
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ VENV = Path(os.environ.get("SRT_LAUNCHER_VENV", ROOT / ".venv")).absolute()
 UNPRIVILEGED_UID = 65534
 UNPRIVILEGED_GID = 65534
 MODES = ("root", "unprivileged", "root-userns")
+SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 # A whole-system read-only view with its own /proc and /dev: what most tests run in.
 SYSTEM = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev")
@@ -119,6 +121,16 @@ class Launcher:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         return subprocess.run(self.argv("run", *args), timeout=timeout, **self.process_kwargs(**kwargs))
+
+    def under_subreaper(self, argv: list[str], timeout: float = 120) -> dict:
+        """Run ``argv`` as this caller, below a child subreaper (tests/subreaper.py):
+        its result, and the pids of the orphans the subreaper inherited."""
+        result = subprocess.run(
+            [self.python, "-I", str(SUBREAPER), *argv],
+            capture_output=True, text=True, timeout=timeout, **self.process_kwargs(),
+        )
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
 
     def sh(self, script: str, *options: str, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
         """Run a shell script inside the usual system view (or ``options`` if given)."""

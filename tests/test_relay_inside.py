@@ -9,7 +9,6 @@ for a unique socket path, which every launcher process carries in its argv.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import socket
@@ -376,33 +375,6 @@ def test_no_relay_survives_the_launch(launcher, shared_dir, servers, how: str) -
     assert_none_left(str(sock))
 
 
-_REAPER_DRIVER = textwrap.dedent(
-    """
-    import json, os, subprocess, sys, time
-    import _prctl
-    # As sandbox-runtime's process manager may be: a child subreaper, which
-    # inherits whatever its children leave orphaned.
-    _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
-    argv, launches = json.loads(sys.argv[1]), int(sys.argv[2])
-    for _ in range(launches):
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        if result.returncode != 0 or result.stdout != "held\\n":
-            sys.exit(f"launch failed: {result.returncode} {result.stdout!r} {result.stderr!r}")
-    inherited, deadline = [], time.monotonic() + 1.0
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        if pid:
-            inherited.append(pid)
-        else:
-            time.sleep(0.01)
-    print(json.dumps(inherited))
-    """
-)
-
-
 def test_no_relay_or_connection_child_is_left_to_the_callers_reaper(launcher, shared_dir, servers) -> None:
     """The workload exits with a relayed connection open: the relay, the
     connection child and the children waiting in accept() all die with the
@@ -412,12 +384,10 @@ def test_no_relay_or_connection_child_is_left_to_the_callers_reaper(launcher, sh
     sock = shared_dir / "proxy.sock"
     servers(sock, holder)
     argv = launcher.argv("run", "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING)
-    result = subprocess.run(
-        [launcher.python, "-I", "-c", _REAPER_DRIVER, json.dumps(argv), "10"],
-        capture_output=True, text=True, timeout=300, **launcher.process_kwargs(),
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [], "processes of the launch were left to the caller's reaper"
+    for attempt in range(10):
+        outcome = launcher.under_subreaper(argv)
+        assert (outcome["returncode"], outcome["stdout"]) == (0, "held\n"), outcome["stderr"]
+        assert outcome["inherited"] == [], f"launch {attempt}: processes were left to the caller's reaper"
 
 
 def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, servers) -> None:
