@@ -52,8 +52,12 @@ $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf scripts "$$stage"/ && \
 	  $(PIP) install --no-deps --force-reinstall "$$stage" >/dev/null; \
 	  rc=$$?; rm -rf "$$stage"; exit $$rc
-	@# pip writes a bare #!…/python; one argument on a #! line: -I -S as -IS (see scripts/srt-launcher).
+	@# pip writes a bare #!…/python (the interpreter's path as is, whatever
+	@# its length). One argument on a #! line: -I -S as -IS (see scripts/srt-launcher).
 	sed -i '1s|^\(#!.*python[0-9.]*\)$$|\1 -IS|' $(VENV)/bin/srt-launcher
+	@# Without -I the caller's PYTHONPATH would choose the code that runs: refuse to install so.
+	@head -1 $(VENV)/bin/srt-launcher | grep -q -- ' -IS$$' || \
+	  { echo "make: could not add -IS to the #! line of $(VENV)/bin/srt-launcher" >&2; exit 1; }
 	chmod -R a+rX $(VENV)
 	touch $@
 

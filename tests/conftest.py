@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -187,6 +189,40 @@ def lingering(marker: str, timeout: float = 10.0) -> list[int]:
     while (left := processes_with(marker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return left
+
+
+def sleep_marker() -> str:
+    """A unique, valid ``sleep`` argument that identifies one test's processes."""
+    return f"99999.{random.randrange(10**11, 10**12)}"
+
+
+def kill_leftovers(marker: str) -> None:
+    for pid in processes_with(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def marker():  # type: ignore[no-untyped-def]
+    value = sleep_marker()
+    yield value
+    kill_leftovers(value)  # a failing test must not leave sleepers for the next ones
+
+
+def after_background_sleeper(marker: str, argv: list[str]) -> list[str]:
+    """``argv`` exec'd by a shell that first started ``sleep MARKER`` in the
+    background, as a wrapper script may: the sleeper is then a child of
+    whatever ``argv`` runs, one it did not fork."""
+    return ["/bin/sh", "-c", f'sleep {marker} >/dev/null 2>&1 </dev/null & exec "$@"', "sh", *argv]
+
+
+def holding_many_fds(argv: list[str], highest: int = 1100) -> list[str]:
+    """``argv`` exec'd with fds 3..HIGHEST open (on /dev/null), as in a busy
+    service: every fd it opens is numbered above 1024, out of select()'s reach."""
+    script = f'ulimit -n 2048 && for ((fd = 3; fd <= {highest}; fd++)); do eval "exec $fd</dev/null"; done && exec "$@"'
+    return ["/bin/bash", "-c", script, "bash", *argv]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Launcher
+from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with
 
 READY_TIMEOUT = 20.0
 
@@ -468,6 +468,45 @@ def test_sigterm_leaves_no_connection_child_to_the_callers_reaper(launcher, shar
     assert outcome["stdout"] == f"{-signal.SIGTERM}\n"
     assert outcome["inherited"] == [], "connection children were left to the caller's reaper"
     assert not path.exists()
+
+
+def test_sigterm_spares_a_child_the_relay_did_not_fork(launcher, shared_dir, echo_upstream, marker):
+    path = shared_dir / "proxy.sock"
+    argv = after_background_sleeper(marker, launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address))
+    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
+    try:
+        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
+        (sleeper,) = processes_with(marker)
+        with connect_unix(path) as held:
+            held.sendall(b"ping")
+            assert held.recv(4) == b"ping"  # a connection child is serving it
+            connection_children = descendants(relay.pid) - {sleeper}
+            assert connection_children
+            relay.send_signal(signal.SIGTERM)
+            assert relay.wait(timeout=10) == -signal.SIGTERM
+        assert not is_gone(sleeper), "SIGTERM killed a process the relay did not fork"
+        wait_for(lambda: all(is_gone(pid) for pid in connection_children), what="the connection children to end")
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+        relay.stdout.close()
+        relay.stderr.close()
+
+
+def test_relay_serves_when_the_caller_holds_more_than_1024_fds(launcher, shared_dir, echo_upstream):
+    path = shared_dir / "proxy.sock"
+    argv = holding_many_fds(launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address))
+    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
+    try:
+        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
+        for _ in range(3):  # several connections: each is a child forked by the serving loop
+            assert round_trip(path) == b"ping"
+    finally:
+        relay.kill()
+        relay.wait()
+        relay.stdout.close()
+        relay.stderr.close()
 
 
 def test_relay_removes_its_socket_file_on_sigterm(launcher, relays, shared_dir, echo_upstream):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM, lingering
+from conftest import SYSTEM, after_background_sleeper, holding_many_fds, lingering, processes_with
 from srt_launcher.relay.server import WAITING_ACCEPTORS
 
 PORT = "3128"
@@ -390,6 +390,27 @@ def test_no_relay_or_connection_child_is_left_to_the_callers_reaper(launcher, sh
         assert outcome["inherited"] == [], f"launch {attempt}: processes were left to the caller's reaper"
 
 
+def test_launch_with_relays_neither_waits_for_nor_kills_a_child_the_caller_had_before_exec(
+    launcher, shared_dir, servers, marker
+) -> None:
+    sock = shared_dir / "proxy.sock"
+    servers(sock, holder)
+    run = launcher.argv("run", "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING)
+    result = subprocess.run(
+        after_background_sleeper(marker, run), capture_output=True, text=True, timeout=60, **launcher.process_kwargs()
+    )
+    assert (result.returncode, result.stdout) == (0, "held\n"), result.stderr
+    assert processes_with(marker), "the launch killed a process it did not start"
+
+
+def test_relay_serves_when_the_caller_holds_more_than_1024_fds(launcher, shared_dir, servers) -> None:
+    sock = shared_dir / "proxy.sock"
+    servers(sock, holder)
+    run = launcher.argv("run", "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING)
+    result = subprocess.run(holding_many_fds(run), capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
+    assert (result.returncode, result.stdout) == (0, "held\n"), result.stderr
+
+
 def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, servers) -> None:
     sock = shared_dir / "proxy.sock"
     servers(sock, holder)
@@ -436,6 +457,28 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
     finally:
         os.close(inherited_read)
         os.close(inherited_write)
+        proc.stdin.close()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_relay_is_undumpable_before_its_first_connection(launcher, shared_dir, servers) -> None:
+    """The kernel gives /proc/PID of an undumpable process to root, that of a
+    dumpable one to its uid: observable for a caller that is not root."""
+    if not launcher.unprivileged:
+        pytest.skip("/proc/PID belongs to root whether or not a root caller's relay is dumpable")
+    sock = shared_dir / "proxy.sock"
+    servers(sock, holder)
+    proc = launcher.popen(
+        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/sh", "-c", "echo ready; cat >/dev/null",
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        (relay,), pid1 = launcher_tree(proc.pid, 1)
+        (worker,) = _children(pid1)
+        assert os.stat(f"/proc/{worker}/environ").st_uid == launcher.uid, "control: the workload is dumpable"
+        assert os.stat(f"/proc/{relay}/environ").st_uid == 0, "the relay is dumpable while it waits"
+    finally:
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM, processes_with
+from conftest import SYSTEM, after_background_sleeper, kill_leftovers, processes_with, sleep_marker
 
 PYTHON_INSIDE = "/usr/bin/python3"  # world-runnable, present in the SYSTEM view
 TIMEOUT = 60  # generous: 2 cores, other suites running in parallel
@@ -34,11 +34,6 @@ FORWARDED = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def sleep_marker() -> str:
-    """A unique, valid ``sleep`` argument that identifies one test's processes."""
-    return f"99999.{random.randrange(10**11, 10**12)}"
 
 
 def argv_of(pid: int) -> list[bytes]:
@@ -77,21 +72,6 @@ def survivors(marker: str, timeout: float = GONE_WITHIN) -> list[tuple[int, list
         if not left or time.monotonic() >= deadline:
             return [(pid, argv_of(pid)) for pid in left]
         time.sleep(0.05)
-
-
-def kill_leftovers(marker: str) -> None:
-    for pid in processes_with(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-@pytest.fixture
-def marker():  # type: ignore[no-untyped-def]
-    value = sleep_marker()
-    yield value
-    kill_leftovers(value)  # a failing test must not leave sleepers for the next ones
 
 
 def read_until(fd: int, token: bytes, timeout: float = TIMEOUT) -> bytes:
@@ -175,6 +155,15 @@ def test_workload_killed_by_signal_exits_128_plus_signal(launcher, name):
 def test_workload_exit_status_is_kept_when_it_leaves_background_children(launcher, marker):
     result = launcher.sh(f"sleep {marker} >/dev/null 2>&1 </dev/null & exit 7")
     assert result.returncode == 7, result.stderr
+
+
+def test_launch_neither_waits_for_nor_kills_a_child_the_caller_had_before_exec(launcher, marker):
+    # The sleeper becomes the stub's child when the shell execs the launcher;
+    # a launch that reaped "every child" would last as long as it does.
+    argv = after_background_sleeper(marker, launcher.argv("run", *SYSTEM, "--", "/bin/true"))
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, **launcher.process_kwargs())
+    assert result.returncode == 0, result.stderr
+    assert processes_with(marker), "the launch killed a process it did not start"
 
 
 def test_inherited_ignored_sigchld_does_not_lose_the_exit_status(launcher):

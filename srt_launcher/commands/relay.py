@@ -19,6 +19,7 @@ click command that calls :func:`start_relay` is in cli.py.
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 import _signal
@@ -211,41 +212,74 @@ def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
 
     Connection children inherit the handler; the pid check keeps them from
     removing the relay's socket file (cheaper than resetting it in each child).
+    Called before the first connection child is forked: every child the relay
+    has now came from the program that exec'd it, and is not ours to kill.
     """
+    inherited = frozenset(_children(relay_pid))
 
     def terminate(signum: int, _frame: object) -> None:
-        if os.getpid() == relay_pid:
-            socket_file.remove()
-            _end_children(relay_pid)
-        _signal.signal(signum, _signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        try:
+            if os.getpid() == relay_pid:
+                socket_file.remove()
+                _end_connection_children(relay_pid, inherited)
+        finally:  # whatever failed above, the relay dies of the signal
+            _signal.signal(signum, _signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
     for signum in _TERMINATING_SIGNALS:
         _signal.signal(signum, terminate)
 
 
-def _end_children(relay_pid: int) -> None:
+def _children(pid: int) -> list[int]:
+    """The children of single-threaded process ``pid`` (empty if /proc cannot say)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(child) for child in handle.read().split()]
+    except OSError:
+        return []
+
+
+def _end_connection_children(relay_pid: int, inherited: frozenset[int]) -> None:
     """SIGKILL the connection children and wait until they are gone.
 
-    PDEATHSIG would kill them once the relay is dead, but they would then be
-    orphans, left to the caller's reaper or init. SIGCHLD is ignored (the
-    kernel reaps them), so waitpid returns ECHILD once the last one is gone.
+    PDEATHSIG would kill them once the relay is dead, but as orphans, left
+    to the caller's reaper or init. SIGCHLD is ignored, so a child that
+    exits is reaped at once and its pid is free for any new process: a pid
+    read from /proc is therefore opened as a pidfd first, and signalled only
+    if a second reading still lists it. No child can be forked meanwhile
+    (this handler runs in the relay's only thread), so a pid listed after
+    the pidfd was opened is held by the very process the pidfd names.
+    Inherited children are left alone (if one died and its pid went to a
+    connection child, that child is left to PDEATHSIG: the safe side).
     """
+    pidfds: dict[int, int] = {}
     try:
-        with open(f"/proc/self/task/{relay_pid}/children") as handle:
-            children = [int(pid) for pid in handle.read().split()]
-    except OSError:
-        return  # no /proc: PDEATHSIG still ends them
-    for pid in children:
-        try:
-            os.kill(pid, _signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        while True:
-            os.waitpid(-1, 0)
-    except ChildProcessError:
-        pass
+        for pid in _children(relay_pid):
+            if pid in inherited:
+                continue
+            try:
+                pidfds[pid] = os.pidfd_open(pid)
+            except OSError:
+                pass  # gone already, or no pidfds (kernel < 5.3): PDEATHSIG ends it
+        still_ours = set(_children(relay_pid))
+        dying = select.poll()
+        left = 0
+        for pid, pidfd in pidfds.items():
+            if pid not in still_ours:
+                continue
+            try:
+                _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
+            except OSError:
+                continue
+            dying.register(pidfd, select.POLLIN)  # readable once the process has exited
+            left += 1
+        while left:
+            for pidfd, _ in dying.poll():
+                dying.unregister(pidfd)
+                left -= 1
+    finally:
+        for pidfd in pidfds.values():
+            os.close(pidfd)
 
 
 class _TcpUpstream:

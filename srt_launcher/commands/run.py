@@ -199,7 +199,7 @@ def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
         alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
         pid1 = os.fork()
     except BaseException:
-        _kill_relays(relays)
+        _kill_relays(relays, set(relays))
         raise
     if pid1 == 0:
         os.close(alive_write)
@@ -208,7 +208,7 @@ def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
     privileges.drop_all_capabilities()
     live_relays = set(relays)
     status = signals.supervise(pid1, live_relays.discard)
-    _kill_relays(live_relays)
+    _kill_relays(relays, live_relays)
     os.close(alive_write)
     return status
 
@@ -274,21 +274,29 @@ def _phase_one(config: RunConfig) -> tuple[list[int], bool]:
     return inside.start_relays(config.relays), in_user_ns
 
 
-def _kill_relays(relays: set[int] | list[int]) -> None:
-    """SIGKILL each relay's process group, then reap every child left: the
-    relays, and their connection children re-parented to the stub (a child
-    subreaper) when a relay died before them. Everything left is SIGKILLed
-    (or dying of PDEATHSIG), so this does not block for long."""
-    for pid in relays:
+def _kill_relays(relays: list[int], unreaped: set[int]) -> None:
+    """SIGKILL each relay's process group, then reap what was in it: the
+    relay, and its connection children, re-parented to the stub (a child
+    subreaper) when the relay died before them.
+
+    Only unreaped relays are killed: a reaped relay's pid, and so its group
+    id once its children are gone, may belong to someone else by now. The
+    wait is per group, never waitpid(-1): children the caller's program had
+    before it exec'd the launcher are ours too, and a launch must not wait
+    for them. Everything waited for is SIGKILLed (or dying of PDEATHSIG),
+    so this does not block for long.
+    """
+    for pid in unreaped:
         try:
             os.killpg(pid, _signal.SIGKILL)  # the relay and its per-connection children
         except ProcessLookupError:
             pass
-    while True:
+    for group in relays:
         try:
-            os.waitpid(-1, 0)
+            while True:
+                os.waitpid(-group, 0)
         except ChildProcessError:
-            return
+            pass
 
 
 # ---------------------------------------------------------------- PID 1

@@ -165,6 +165,10 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         privileges.set_parent_death_signal(_signal.SIGKILL)
         if os.getppid() != stub:
             os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
+        # Not dumpable from the start, not only once serving: /proc/PID of a
+        # process that still has capabilities is closed to the workload (no
+        # ptrace access), and this no longer depends on that check alone.
+        privileges.set_undumpable()
         # Everything else waits for a first pending connection: a relay starts
         # while PID 1 builds the sandbox, and on two cores they compete
         # (measured: the rest of the setup, the server's imports and the
@@ -172,7 +176,7 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         # launches never use). Nothing is read before _become_relay returns
         # (connections are only taken by children forked after it), so no
         # input ever meets a relay that still has capabilities or fds.
-        select.select([relay.listener], [], [])
+        _wait_readable(relay.listener)
         _become_relay(relay, prepared)
         from srt_launcher.relay import server
 
@@ -183,12 +187,19 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         os._exit(code)
 
 
+def _wait_readable(fd: int) -> None:
+    # poll, not select: the listener keeps the number it got in the stub,
+    # which is above 1023 when the caller holds many fds.
+    waiter = select.poll()
+    waiter.register(fd, select.POLLIN)
+    waiter.poll()
+
+
 def _become_relay(relay: _Relay, prepared: list[_Relay]) -> None:
     # Own process group: the stub's killpg reaches the relay and every
     # connection child at once, and a terminal's ^C (sent to the foreground
     # group) does not. (The stub also sets it, right after the fork.)
     os.setpgid(0, 0)
-    privileges.set_undumpable()
     privileges.drop_all_capabilities()
     # EPIPE is handled where it happens; SIGPIPE would kill a connection mid-pump.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)

@@ -59,27 +59,33 @@ def serve_forever(listener: _socket.socket, upstream) -> None:  # type: ignore[n
     # Objects that exist now are never collected: the cyclic GC of a child
     # then never writes to them, which would copy their pages.
     # A signal that lands after the interpreter's last check and before
-    # select() blocks would run its Python handler (the host relay's SIGTERM
+    # poll() blocks would run its Python handler (the host relay's SIGTERM
     # cleanup) only once a connection arrives: the C-level handler also
-    # writes to this pipe, which select() watches.
+    # writes to this pipe, which poll() watches.
     wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
     _signal.set_wakeup_fd(wake_w)
     _warm_up_connection_path(upstream)
     gc.freeze()
-    waiting: set[int] = set()  # read ends of the pipes of children waiting in accept()
+    # poll, not select: fd numbers above 1023 (a caller holding many fds)
+    # are fine.
+    watched = select.poll()
+    watched.register(wake_r, select.POLLIN)
+    waiting = 0  # children waiting in accept(), each watched through its pipe's read end
     while True:
-        while len(waiting) < WAITING_ACCEPTORS:
+        while waiting < WAITING_ACCEPTORS:
             accepted_r = _fork_acceptor(listener, upstream, relay_pid)
             if accepted_r is not None:
-                waiting.add(accepted_r)
-        ready, _, _ = select.select([wake_r, *waiting], [], [])
-        if wake_r in ready:
-            ready.remove(wake_r)
-            _drain(wake_r)  # the handlers themselves run as soon as this frame goes on
-        for accepted_r in ready:
+                watched.register(accepted_r, select.POLLIN)
+                waiting += 1
+        for fd, _ in watched.poll():
+            if fd == wake_r:
+                _drain(wake_r)  # the handlers themselves run as soon as this frame goes on
+                continue
             # "." (took a connection) or EOF (died before taking one): fork
             # a replacement. "!": the listener itself is broken.
-            waiting.discard(accepted_r)
+            accepted_r = fd
+            watched.unregister(accepted_r)
+            waiting -= 1
             try:
                 said = os.read(accepted_r, 1)
             except OSError:
