@@ -28,6 +28,10 @@ def set_child_subreaper() -> None:
     _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
 
 
+def clear_child_subreaper() -> None:
+    _prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 0)
+
+
 def set_undumpable() -> None:
     # Non-dumpable: /proc/PID/{mem,environ,fd} of launcher processes are
     # owned by root and ptrace needs CAP_SYS_PTRACE, so an uncapable workload

@@ -23,6 +23,7 @@ import pytest
 from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with
 
 READY_TIMEOUT = 20.0
+FOREIGN_PROC = Path(__file__).with_name("foreign_proc.py")
 
 
 @pytest.fixture
@@ -492,6 +493,80 @@ def test_sigterm_spares_a_child_the_relay_did_not_fork(launcher, shared_dir, ech
             relay.wait()
         relay.stdout.close()
         relay.stderr.close()
+
+
+# Exec'd by a caller that is a child subreaper: PR_SET_CHILD_SUBREAPER survives
+# exec, so orphans would be re-parented to ARGV's process.
+_EXEC_AS_SUBREAPER = """
+import os, subprocess, sys, _prctl
+_prctl.prctl(_prctl.PR_SET_CHILD_SUBREAPER, 1)
+subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], stdin=subprocess.DEVNULL,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def wait_for_sleeper(marker: str) -> int:
+    """The ``sleep MARKER`` process, once exec'd (its shell's cmdline holds MARKER too)."""
+    found: list[int] = []
+
+    def exec_d() -> bool:
+        found[:] = [pid for pid in processes_with(marker) if Path(f"/proc/{pid}/comm").read_text() == "sleep\n"]
+        return len(found) == 1
+
+    wait_for(exec_d, what=f"sleep {marker} to start")
+    return found[0]
+
+
+def exec_as_subreaper_leaving_an_orphan(python: str, marker: str, release: Path, argv: list[str]) -> list[str]:
+    """``argv`` exec'd by a child subreaper that first started a shell running
+    ``sleep MARKER`` in the background; the shell exits once RELEASE exists,
+    which orphans the sleeper while ``argv`` runs."""
+    shell = f"sleep {marker} & while [ ! -e {release} ]; do sleep 0.02; done"
+    return [python, "-I", "-c", _EXEC_AS_SUBREAPER, shell, *argv]
+
+
+def test_sigterm_spares_an_orphan_of_a_child_it_did_not_fork_under_a_subreaper_caller(
+    launcher, shared_dir, echo_upstream, marker
+):
+    path = shared_dir / "proxy.sock"
+    release = shared_dir / "release"
+    relay_argv = launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address)
+    argv = exec_as_subreaper_leaving_an_orphan(launcher.python, marker, release, relay_argv)
+    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
+    try:
+        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
+        assert round_trip(path) == b"ping"  # serving: what it had before is noted by now
+        orphan = wait_for_sleeper(marker)
+        shell = parent_of(orphan)
+        release.touch()
+        wait_for(lambda: is_gone(shell), what="the shell to exit, orphaning its sleeper")
+        assert parent_of(orphan) != relay.pid, "the relay adopted an orphan it never forked"
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=10) == -signal.SIGTERM
+        assert not is_gone(orphan), "SIGTERM killed an orphan the relay did not fork"
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+        relay.stdout.close()
+        relay.stderr.close()
+
+
+def test_sigterm_under_the_proc_of_an_outer_pid_namespace_kills_nothing_it_did_not_fork(
+    launcher, shared_dir, echo_upstream
+):
+    # /proc numbers processes as the outer namespace does: the relay must not
+    # read its children's numbers there (tests/foreign_proc.py lines them up).
+    path = shared_dir / "proxy.sock"
+    relay_argv = launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address)
+    argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--mount-proc"]
+    argv += [launcher.python, "-I", str(FOREIGN_PROC), str(path), *relay_argv]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
+    assert result.returncode == 0, result.stderr
+    outcome = json.loads(result.stdout)
+    assert outcome["relay"] == -signal.SIGTERM, result.stderr
+    assert outcome["victim"] is None, "SIGTERM killed a process the relay did not fork"
 
 
 def test_relay_serves_when_the_caller_holds_more_than_1024_fds(launcher, shared_dir, echo_upstream):

@@ -79,6 +79,10 @@ def start_relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
     parent = os.getppid()
     privileges.set_parent_death_signal(_signal.SIGKILL)
     privileges.set_no_new_privs()
+    # The flag survives exec: a caller that is a subreaper and execs the relay
+    # would make it adopt orphans it never forked, and its SIGTERM cleanup
+    # would kill them as connection children.
+    privileges.clear_child_subreaper()
     if os.getppid() != parent:
         raise SystemExit(0)  # the parent died before PDEATHSIG was armed: nobody to serve
     address = parse_ipv4_endpoint(upstream, "relay: HOST:PORT", RELAY_USAGE)
@@ -232,11 +236,33 @@ def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
 
 def _children(pid: int) -> list[int]:
     """The children of single-threaded process ``pid`` (empty if /proc cannot say)."""
+    if not _proc_is_of_our_pid_namespace():
+        return []
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
             return [int(child) for child in handle.read().split()]
     except OSError:
         return []
+
+
+def _proc_is_of_our_pid_namespace() -> bool:
+    """Whether /proc numbers processes as this process does.
+
+    A /proc mounted for an ancestor PID namespace (``unshare --pid --fork``
+    without ``--mount-proc``) gives other numbers: /proc/OUR_PID would be
+    another process, whose children's numbers pidfd_open would resolve to
+    unrelated processes of ours. NSpid lists our pid in every namespace from
+    /proc's down to ours, so a single entry means they are one namespace
+    (comparing /proc/self with getpid() would not: two numbers can match).
+    """
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("NSpid:"):
+                    return len(line.split()) == 2
+    except OSError:
+        pass  # no /proc, or one of a namespace we are not in
+    return False
 
 
 def _end_connection_children(relay_pid: int, inherited: frozenset[int]) -> None:

@@ -271,6 +271,10 @@ def _phase_one(config: RunConfig) -> tuple[list[int], bool]:
         return [], in_user_ns
     from srt_launcher.relay import inside
 
+    # Before the fork, not in each relay: the flag is inherited, so no relay
+    # is ever dumpable, however late the scheduler runs it. setgroups and the
+    # uid/gid maps (the stub's only writes to /proc/self) are done by now.
+    privileges.set_undumpable()
     return inside.start_relays(config.relays), in_user_ns
 
 
