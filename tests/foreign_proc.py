@@ -42,28 +42,38 @@ def expect_pid(what: str, pid: int, wanted: int) -> None:
         raise SystemExit(f"foreign_proc: {what} got pid {pid}, not {wanted} (something else forked)")
 
 
-def outer_namesake() -> tuple[int, int]:
-    """Fork the outer process numbered RELAY; it forks a child when told.
-    Returns its pid and the write end that tells it."""
-    go_read, go_write = os.pipe()
-    set_last_pid(RELAY - 1)
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_write)
-        os.read(go_read, 1)
-        child = os.fork()
-        if child == 0:
-            signal.pause()
+class OuterNamesake:
+    """The outer process numbered RELAY; it forks a child when told."""
+
+    def __init__(self) -> None:
+        go_read, self.go = os.pipe()
+        self.forked, forked_write = os.pipe()
+        set_last_pid(RELAY - 1)
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.go)
+            os.close(self.forked)
+            os.read(go_read, 1)
+            child = os.fork()
+            if child == 0:
+                signal.pause()
+                os._exit(0)
+            os.write(forked_write, str(child).encode())
+            os.waitpid(child, 0)
             os._exit(0)
-        os.waitpid(child, 0)
-        os._exit(0)
-    os.close(go_read)
-    expect_pid("the outer namesake of the relay", pid, RELAY)
-    return pid, go_write
+        os.close(go_read)
+        os.close(forked_write)
+        expect_pid("the outer namesake of the relay", self.pid, RELAY)
+
+    def fork_child(self, pid: int) -> None:
+        """Make it fork a child numbered ``pid``; return once the child exists."""
+        set_last_pid(pid - 1)
+        os.write(self.go, b".")
+        expect_pid("the namesake's child", int(os.read(self.forked, 32)), pid)
 
 
 def outer(socket_path: str, relay_argv: list[str]) -> None:
-    namesake, go = outer_namesake()
+    namesake = OuterNamesake()
     inner = subprocess.Popen(
         ["unshare", "--pid", "--fork", sys.executable, "-I", __file__, "--inner", socket_path, *relay_argv],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -71,15 +81,14 @@ def outer(socket_path: str, relay_argv: list[str]) -> None:
     try:
         if inner.stdout.readline() != "victim started\n":
             raise SystemExit(f"foreign_proc: the inner namespace failed (status {inner.wait()})")
-        set_last_pid(VICTIM - 1)
-        os.write(go, b".")  # the namesake's child becomes pid VICTIM out here
+        namesake.fork_child(VICTIM)
         inner.stdin.write("signal the relay\n")
         inner.stdin.close()
         print(inner.stdout.read(), end="")
         if inner.wait() != 0:
             raise SystemExit(f"foreign_proc: the inner namespace failed (status {inner.returncode})")
     finally:
-        os.kill(namesake, signal.SIGKILL)  # its child, as PID 1's orphan, dies with this namespace
+        os.kill(namesake.pid, signal.SIGKILL)  # its child, as PID 1's orphan, dies with this namespace
 
 
 def inner(socket_path: str, relay_argv: list[str]) -> None:

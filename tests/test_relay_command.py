@@ -39,15 +39,19 @@ class Relays:
         self.processes: list[subprocess.Popen] = []
 
     def popen(self, *args: str, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        return self.popen_argv(self.launcher.argv("relay", *args), **kwargs)
+
+    def popen_argv(self, argv: list[str], **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
         kwargs.setdefault("stdout", subprocess.PIPE)
         kwargs.setdefault("stderr", subprocess.PIPE)
-        process = subprocess.Popen(self.launcher.argv("relay", *args), **self.launcher.process_kwargs(**kwargs))
+        process = subprocess.Popen(argv, **self.launcher.process_kwargs(**kwargs))
         self.processes.append(process)
         return process
 
-    def start(self, path: Path, upstream: str) -> subprocess.Popen:
-        """A relay that has announced readiness (one byte on its stdout)."""
-        process = self.popen("--ready-fd", "1", str(path), upstream)
+    def start(self, path: Path, upstream: str, wrap=lambda argv: argv) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        """A relay that has announced readiness (one byte on its stdout);
+        ``wrap`` puts its argv behind a caller's wrapper (which execs it)."""
+        process = self.popen_argv(wrap(self.launcher.argv("relay", "--ready-fd", "1", str(path), upstream)))
         ready = read_until_eof(process.stdout, READY_TIMEOUT)
         assert ready == b"\n", (ready, process.poll(), process.stderr.read() if process.poll() is not None else b"")
         return process
@@ -471,28 +475,19 @@ def test_sigterm_leaves_no_connection_child_to_the_callers_reaper(launcher, shar
     assert not path.exists()
 
 
-def test_sigterm_spares_a_child_the_relay_did_not_fork(launcher, shared_dir, echo_upstream, marker):
+def test_sigterm_spares_a_child_the_relay_did_not_fork(launcher, relays, shared_dir, echo_upstream, marker):
     path = shared_dir / "proxy.sock"
-    argv = after_background_sleeper(marker, launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address))
-    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
-    try:
-        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
-        (sleeper,) = processes_with(marker)
-        with connect_unix(path) as held:
-            held.sendall(b"ping")
-            assert held.recv(4) == b"ping"  # a connection child is serving it
-            connection_children = descendants(relay.pid) - {sleeper}
-            assert connection_children
-            relay.send_signal(signal.SIGTERM)
-            assert relay.wait(timeout=10) == -signal.SIGTERM
-        assert not is_gone(sleeper), "SIGTERM killed a process the relay did not fork"
-        wait_for(lambda: all(is_gone(pid) for pid in connection_children), what="the connection children to end")
-    finally:
-        if relay.poll() is None:
-            relay.kill()
-            relay.wait()
-        relay.stdout.close()
-        relay.stderr.close()
+    relay = relays.start(path, echo_upstream.address, wrap=lambda argv: after_background_sleeper(marker, argv))
+    (sleeper,) = processes_with(marker)
+    with connect_unix(path) as held:
+        held.sendall(b"ping")
+        assert held.recv(4) == b"ping"  # a connection child is serving it
+        connection_children = descendants(relay.pid) - {sleeper}
+        assert connection_children
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=10) == -signal.SIGTERM
+    assert not is_gone(sleeper), "SIGTERM killed a process the relay did not fork"
+    wait_for(lambda: all(is_gone(pid) for pid in connection_children), what="the connection children to end")
 
 
 # Exec'd by a caller that is a child subreaper: PR_SET_CHILD_SUBREAPER survives
@@ -527,30 +522,23 @@ def exec_as_subreaper_leaving_an_orphan(python: str, marker: str, release: Path,
 
 
 def test_sigterm_spares_an_orphan_of_a_child_it_did_not_fork_under_a_subreaper_caller(
-    launcher, shared_dir, echo_upstream, marker
+    launcher, relays, shared_dir, echo_upstream, marker
 ):
     path = shared_dir / "proxy.sock"
     release = shared_dir / "release"
-    relay_argv = launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address)
-    argv = exec_as_subreaper_leaving_an_orphan(launcher.python, marker, release, relay_argv)
-    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
-    try:
-        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
-        assert round_trip(path) == b"ping"  # serving: what it had before is noted by now
-        orphan = wait_for_sleeper(marker)
-        shell = parent_of(orphan)
-        release.touch()
-        wait_for(lambda: is_gone(shell), what="the shell to exit, orphaning its sleeper")
-        assert parent_of(orphan) != relay.pid, "the relay adopted an orphan it never forked"
-        relay.send_signal(signal.SIGTERM)
-        assert relay.wait(timeout=10) == -signal.SIGTERM
-        assert not is_gone(orphan), "SIGTERM killed an orphan the relay did not fork"
-    finally:
-        if relay.poll() is None:
-            relay.kill()
-            relay.wait()
-        relay.stdout.close()
-        relay.stderr.close()
+    relay = relays.start(
+        path, echo_upstream.address,
+        wrap=lambda argv: exec_as_subreaper_leaving_an_orphan(launcher.python, marker, release, argv),
+    )
+    assert round_trip(path) == b"ping"  # serving: what it had before is noted by now
+    orphan = wait_for_sleeper(marker)
+    shell = parent_of(orphan)
+    release.touch()
+    wait_for(lambda: is_gone(shell), what="the shell to exit, orphaning its sleeper")
+    assert parent_of(orphan) != relay.pid, "the relay adopted an orphan it never forked"
+    relay.send_signal(signal.SIGTERM)
+    assert relay.wait(timeout=10) == -signal.SIGTERM
+    assert not is_gone(orphan), "SIGTERM killed an orphan the relay did not fork"
 
 
 def test_sigterm_under_the_proc_of_an_outer_pid_namespace_kills_nothing_it_did_not_fork(
@@ -569,19 +557,11 @@ def test_sigterm_under_the_proc_of_an_outer_pid_namespace_kills_nothing_it_did_n
     assert outcome["victim"] is None, "SIGTERM killed a process the relay did not fork"
 
 
-def test_relay_serves_when_the_caller_holds_more_than_1024_fds(launcher, shared_dir, echo_upstream):
+def test_relay_serves_when_the_caller_holds_more_than_1024_fds(launcher, relays, shared_dir, echo_upstream):
     path = shared_dir / "proxy.sock"
-    argv = holding_many_fds(launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address))
-    relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **launcher.process_kwargs())
-    try:
-        assert read_until_eof(relay.stdout, READY_TIMEOUT) == b"\n", relay.stderr.read()
-        for _ in range(3):  # several connections: each is a child forked by the serving loop
-            assert round_trip(path) == b"ping"
-    finally:
-        relay.kill()
-        relay.wait()
-        relay.stdout.close()
-        relay.stderr.close()
+    relays.start(path, echo_upstream.address, wrap=holding_many_fds)
+    for _ in range(3):  # several connections: each is a child forked by the serving loop
+        assert round_trip(path) == b"ping"
 
 
 def test_relay_removes_its_socket_file_on_sigterm(launcher, relays, shared_dir, echo_upstream):
