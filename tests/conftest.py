@@ -191,6 +191,27 @@ def lingering(marker: str, timeout: float = 10.0) -> list[int]:
     return left
 
 
+def argv_of(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().split(b"\0")[:-1]
+    except OSError:
+        return []
+
+
+def wait_for_sleeper(marker: str, timeout: float = 60.0) -> int:
+    """Host PID of the ``sleep MARKER`` process, once exec'd (a shell that
+    starts it may carry MARKER in its own argv)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in processes_with(marker):
+            argv = argv_of(pid)
+            if argv and os.path.basename(argv[0]) == b"sleep":
+                return pid
+        time.sleep(0.05)
+    raise AssertionError(f"`sleep {marker}` never appeared on the host")
+
+
 def sleep_marker() -> str:
     """A unique, valid ``sleep`` argument that identifies one test's processes."""
     return f"99999.{random.randrange(10**11, 10**12)}"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with
+from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with, wait_for_sleeper
 
 READY_TIMEOUT = 20.0
 FOREIGN_PROC = Path(__file__).with_name("foreign_proc.py")
@@ -499,18 +499,6 @@ subprocess.Popen(["/bin/sh", "-c", sys.argv[1]], stdin=subprocess.DEVNULL,
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 os.execv(sys.argv[2], sys.argv[2:])
 """
-
-
-def wait_for_sleeper(marker: str) -> int:
-    """The ``sleep MARKER`` process, once exec'd (its shell's cmdline holds MARKER too)."""
-    found: list[int] = []
-
-    def exec_d() -> bool:
-        found[:] = [pid for pid in processes_with(marker) if Path(f"/proc/{pid}/comm").read_text() == "sleep\n"]
-        return len(found) == 1
-
-    wait_for(exec_d, what=f"sleep {marker} to start")
-    return found[0]
 
 
 def exec_as_subreaper_leaving_an_orphan(python: str, marker: str, release: Path, argv: list[str]) -> list[str]:

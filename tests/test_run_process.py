@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYSTEM, after_background_sleeper, kill_leftovers, processes_with, sleep_marker
+from conftest import SYSTEM, after_background_sleeper, argv_of, kill_leftovers, processes_with, sleep_marker, wait_for_sleeper
 
 PYTHON_INSIDE = "/usr/bin/python3"  # world-runnable, present in the SYSTEM view
 TIMEOUT = 60  # generous: 2 cores, other suites running in parallel
@@ -36,32 +36,12 @@ FORWARDED = ("TERM", "INT", "HUP", "QUIT", "USR1", "USR2")
 # ---------------------------------------------------------------- helpers
 
 
-def argv_of(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().split(b"\0")[:-1]
-    except OSError:
-        return []
-
-
 def ppid_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as handle:
             return int(handle.read().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
-
-
-def wait_for_workload(marker: str, timeout: float = TIMEOUT) -> int:
-    """Host PID of the ``sleep MARKER`` workload, once it has been exec'd."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in processes_with(marker):
-            argv = argv_of(pid)
-            if argv and os.path.basename(argv[0]) == b"sleep":
-                return pid
-        time.sleep(0.05)
-    raise AssertionError(f"the workload `sleep {marker}` never appeared on the host")
 
 
 def survivors(marker: str, timeout: float = GONE_WITHIN) -> list[tuple[int, list[bytes]]]:
@@ -382,7 +362,7 @@ def test_workload_cannot_read_pid_1_environ(launcher):
 def test_workload_runs_in_a_new_session(launcher, marker):
     proc = launcher.popen(*SYSTEM, "--", "sleep", marker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        worker = wait_for_workload(marker)
+        worker = wait_for_sleeper(marker)
         sid = os.getsid(worker)
         assert sid != os.getsid(0), "the workload shares the caller's session"
         assert sid != os.getsid(proc.pid), "the workload shares the launcher's session"
@@ -680,7 +660,7 @@ def test_signal_to_launcher_kills_an_untrapping_workload_with_128_plus_signal(la
     proc = launcher.popen(*SYSTEM, "--", "/bin/sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         read_until(proc.stdout.fileno(), b"ready\n")
-        wait_for_workload(marker)
+        wait_for_sleeper(marker)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=TIMEOUT)
     finally:
@@ -786,7 +766,7 @@ def test_killing_the_launchers_parent_kills_the_whole_sandbox(launcher, marker):
         **launcher.process_kwargs(stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
     )
     try:
-        wait_for_workload(marker)
+        wait_for_sleeper(marker)
         stub = [pid for pid in processes_with(marker) if ppid_of(pid) == parent.pid]
         assert stub, "the launcher is not the parent shell's child"
     finally:
@@ -798,7 +778,7 @@ def test_killing_the_launchers_parent_kills_the_whole_sandbox(launcher, marker):
 def test_killing_the_stub_kills_the_whole_sandbox(launcher, marker):
     proc = launcher.popen(*SYSTEM, "--", "sleep", marker, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_workload(marker)
+        wait_for_sleeper(marker)
     finally:
         proc.kill()
         proc.wait(timeout=TIMEOUT)
@@ -808,7 +788,7 @@ def test_killing_the_stub_kills_the_whole_sandbox(launcher, marker):
 def test_killed_sandbox_pid_1_ends_the_launch_with_137(launcher, marker):
     proc = launcher.popen(*SYSTEM, "--", "sleep", marker, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        worker = wait_for_workload(marker)
+        worker = wait_for_sleeper(marker)
         pid1 = ppid_of(worker)
         assert pid1 is not None and ppid_of(pid1) == proc.pid, "the workload's parent is not the stub's child"
         os.kill(pid1, signal.SIGKILL)

@@ -165,9 +165,7 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         privileges.set_parent_death_signal(_signal.SIGKILL)
         if os.getppid() != stub:
             os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
-        # Already undumpable (the stub was when it forked us): /proc/PID of a
-        # process that still has capabilities is closed to the workload (no
-        # ptrace access), and that does not depend on this check alone.
+        # Undumpable already: the stub was when it forked us (run._phase_one).
         # Everything else waits for a first pending connection: a relay starts
         # while PID 1 builds the sandbox, and on two cores they compete
         # (measured: the rest of the setup, the server's imports and the
