@@ -16,12 +16,12 @@ def wants_help(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()  # first: the later this is read, the longer a dead parent goes unnoticed
     args = list(sys.argv[1:] if argv is None else argv)
     # Multicall: the variable selected this program; the workload must not see it.
     if os.environ.get("ARGV0") == "srt-launcher":
         del os.environ["ARGV0"]
     if args and args[0] == "run" and not wants_help(args[1:]):
-        parent = os.getppid()
         from srt_launcher import signals
 
         # Blocked before the ≈4 ms of imports below: a SIGTERM or ^C that
@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         # Skip interpreter teardown (1-2 ms measured, on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
         os._exit(code)
+    if args and args[0] == "relay" and not wants_help(args[1:]):
+        die_with_parent(parent)
     import click
 
     from srt_launcher.cli import cli
@@ -51,6 +53,23 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LauncherError as err:
         return report(err)
+
+
+def die_with_parent(parent: int) -> None:
+    """Arm PDEATHSIG now, before the ≈40 ms click import: ``relay`` serves until
+    killed, so a parent that dies during its start-up must take it along.
+
+    If the parent died before this process could read its pid (while the
+    interpreter started), ``parent`` already names the reaper: then nothing
+    here can tell, but a ``--ready-fd`` pipe whose only reader was the parent
+    fails the readiness write (EPIPE), and the relay exits.
+    """
+    import _prctl
+
+    _prctl.prctl(_prctl.PR_SET_PDEATHSIG, 9)  # SIGKILL; the signal module is not loaded yet
+    _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before PDEATHSIG was armed: nobody would ever end us
 
 
 if __name__ == "__main__":

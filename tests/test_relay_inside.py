@@ -147,6 +147,13 @@ def _state(pid: int) -> str:
     return stat[stat.rindex(")") + 2 :].split()[0]
 
 
+def _dead(pid: int) -> bool:
+    try:
+        return _state(pid) in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
 def _pgid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat[stat.rindex(")") + 2 :].split()[2])
@@ -494,3 +501,164 @@ def _readable_without_caps(pid: int, uid: int, gid: int) -> bool:
         capture_output=True,
     )
     return result.returncode == 0
+
+
+# ---------------------------------------------------------------- what an earlier sandbox may have planted
+# Issue 11 finding 1: a workload that can write the socket's directory prepares
+# the path for the next launch. The relay must refuse (125, naming the path)
+# rather than pin whatever the path now leads to.
+
+
+def _root_owned_dir(path: Path) -> Path:
+    path.mkdir()
+    os.chown(path, 0, 0)
+    path.chmod(0o755)
+    return path
+
+
+def _plant_then_relaunch(launcher, relay_path: Path, bind: Path, plant: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """Launch 1 runs ``plant`` with BIND writable; launch 2, the same argv, only
+    touches a marker and reads the relay: it must not run."""
+    argv = ("--unshare-net", "--relay", PORT, str(relay_path), *SYSTEM, "--bind", str(bind), str(bind))
+    first = launcher.run(*argv, "--", "/bin/sh", "-c", "set -e; " + plant)
+    assert first.returncode == 0, first.stderr
+    ran = bind / "second-launch-ran"
+    second = launcher.run(*argv, "--", "/bin/bash", "-c", f"touch {ran}; " + READ_GREETING)
+    assert not ran.exists(), f"the second launch ran its workload: {second.stdout!r}"
+    assert "Traceback" not in second.stderr
+    return second
+
+
+def test_a_socket_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    sock = work / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
+    servers(decoy, greeter("decoy"))
+    second = _plant_then_relaunch(launcher, sock, work, f"mv {sock} {work}/moved.sock; ln -s {decoy} {sock}")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert second.stderr.startswith(f"srt-launcher: relay socket: {sock}: refusing the symlink {sock}:"), second.stderr
+    assert_none_left(str(sock))
+
+
+def test_a_directory_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    work = shared_dir / "work"
+    (work / "sockets").mkdir(parents=True)
+    for path in (work, work / "sockets"):
+        os.chown(path, launcher.uid, launcher.gid)
+    sock = work / "sockets" / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoys = _root_owned_dir(shared_dir / "decoys")
+    servers(decoys / "proxy.sock", greeter("decoy"))
+    second = _plant_then_relaunch(launcher, sock, work, f"mv {work}/sockets {work}/moved; ln -s {decoys} {work}/sockets")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert f"relay socket: {sock}: refusing the symlink {work}/sockets:" in second.stderr, second.stderr
+
+
+def test_a_socket_hard_linked_in_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    # The other socket must sit on the same mount as the socket's directory
+    # (link(2) does not cross mounts): the sandbox binds their common parent.
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    sock = work / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
+    servers(decoy, greeter("decoy"))  # owned by the caller, so protected_hardlinks lets it link
+    second = _plant_then_relaunch(launcher, sock, shared_dir, f"mv {sock} {work}/moved.sock; ln {decoy} {sock}")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert f"relay socket: {sock}: a socket with 2 names" in second.stderr, second.stderr
+
+
+def test_a_symlink_only_others_could_have_written_is_followed_by_an_unprivileged_caller(launcher, shared_dir, servers) -> None:
+    """A symlink in a directory the caller cannot write (``/var/run`` → ``/run``
+    for a user) is no sandbox's doing: followed. A root caller's sandboxes run
+    as root and can write every root-owned directory: refused."""
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    servers(work / "proxy.sock", greeter("through a trusted link"))
+    links = _root_owned_dir(shared_dir / "links")
+    (links / "work").symlink_to(work)
+    result = launcher.run(
+        "--unshare-net", "--relay", PORT, str(links / "work" / "proxy.sock"), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING,
+    )
+    if launcher.unprivileged:
+        assert (result.returncode, result.stdout) == (0, "greeting from through a trusted link\n"), result.stderr
+    else:
+        assert result.returncode == 125, result.stdout + result.stderr
+        assert f"refusing the symlink {links}/work:" in result.stderr, result.stderr
+
+
+def test_a_relay_path_through_symlinks_to_a_file_or_in_a_loop_fails_cleanly(launcher, shared_dir) -> None:
+    links = _root_owned_dir(shared_dir / "links")
+    (links / "loop").symlink_to(links / "loop")
+    (links / "file").symlink_to("/etc/hostname")
+    for path, reason in ((links / "loop", "Too many levels of symbolic links"), (links / "file", "not a Unix socket")):
+        result = launcher.run("--unshare-net", "--relay", PORT, str(path), *SYSTEM, "--", "/bin/true")
+        assert result.returncode == 125, result.stderr
+        assert result.stderr.startswith(f"srt-launcher: relay socket: {path}: "), result.stderr
+        if launcher.unprivileged:  # root callers are refused at the first symlink
+            assert reason in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------- a port either serves or refuses
+
+
+def _relay_pinning(relays: list[int], path: Path) -> int:
+    """The relay whose pinned O_PATH descriptor names ``path``."""
+    for relay in relays:
+        for fd in os.listdir(f"/proc/{relay}/fd"):
+            try:
+                if os.readlink(f"/proc/{relay}/fd/{fd}") == str(path):
+                    return relay
+            except OSError:
+                continue
+    raise AssertionError(f"no relay pins {path}")
+
+
+def test_the_port_of_a_dead_relay_refuses_connections(launcher, shared_dir, servers) -> None:
+    """Issue 11 finding 5: the other relay must not hold the dead one's
+    listener (the port would accept, and nobody would serve it)."""
+    first, second = shared_dir / "first.sock", shared_dir / "second.sock"
+    servers(first, greeter("first"))
+    servers(second, greeter("second"))
+    client = textwrap.dedent(
+        """
+        import socket, sys
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for port in (3128, 8080):
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                conn.settimeout(5)
+                print(port, conn.recv(100).decode().strip() or "closed", flush=True)
+            except ConnectionRefusedError:
+                print(port, "refused", flush=True)
+            except OSError as err:
+                print(port, type(err).__name__, flush=True)
+        """
+    )
+    proc = launcher.popen(
+        "--unshare-net", "--relay", "3128", str(first), "--relay", "8080", str(second), *SYSTEM,
+        "--", "/usr/bin/python3", "-c", client,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        relays, _ = launcher_tree(proc.pid, 2)
+        dead = _relay_pinning(relays, first)
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _dead(dead) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out == "3128 refused\n8080 greeting from second\n", err
