@@ -12,8 +12,9 @@ nothing left running. Listening before the workload exists means a workload
 that connects as its first action never races the relay.
 
 Imports are C modules only (``_socket``, ``_signal``): this is the launch
-path of every sandboxed command (SPEC §4). The pump is imported by the relay
-process after the fork, off the stub's critical path.
+path of every sandboxed command (SPEC §4). The event loop that serves the
+connections (relay/loop.py) is imported by the relay process once a first
+connection is pending, off the stub's critical path.
 """
 
 import errno
@@ -277,7 +278,7 @@ def _kill(pids: list[int]) -> None:
 
 
 def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
-    code = 0
+    code = 125
     try:
         # PDEATHSIG first: from here the relay cannot outlive the stub.
         privileges.set_parent_death_signal(_signal.SIGKILL)
@@ -289,17 +290,21 @@ def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
         _keep_only_fds(relay, prepared)
         # Undumpable already: the stub was when it forked us (run._phase_one).
         # Everything else waits for a first pending connection: a relay starts
-        # while PID 1 builds the sandbox, and on two cores they compete
-        # (measured: the rest of the setup, the server's imports and the
-        # first child forked ahead cost ≈1 ms of CPU per relay, which most
-        # launches never use). Nothing is read before _become_relay returns
-        # (connections are only taken by children forked after it), so no
-        # input ever meets a relay that still has capabilities.
+        # while PID 1 builds the sandbox, and on two cores they compete (the
+        # capability drop and the event loop's imports are CPU most launches
+        # never use). No connection is accepted before _become_relay
+        # returns, so no input ever meets a relay that still has capabilities.
         _wait_readable(relay.listener)
-        _become_relay(relay)
-        from srt_launcher.relay import server
+        _become_relay()
+        from srt_launcher.relay import loop
 
-        server.serve_forever(_socket.socket(fileno=relay.listener), _PinnedSocket(relay))
+        loop.raise_open_files_limit()
+        # The magic link, not the path: the kernel resolves it to the inode
+        # opened before the workload existed, whatever is at the path now.
+        upstream = loop.Upstream(_socket.AF_UNIX, f"/proc/self/fd/{relay.target}", f"{_LOOPBACK}:{relay.port} -> {relay.path}")
+        code = loop.Loop(_socket.socket(fileno=relay.listener), upstream).run()
+    except LauncherError as err:
+        code = report(err)
     except BaseException as err:  # the relay must never return into the stub's code
         code = report(LauncherError("relay", f"{_LOOPBACK}:{relay.port}", repr(err)))
     finally:
@@ -314,16 +319,14 @@ def _wait_readable(fd: int) -> None:
     waiter.poll()
 
 
-def _become_relay(relay: _Relay) -> None:
-    # Own process group: the stub's killpg reaches the relay and every
-    # connection child at once, and a terminal's ^C (sent to the foreground
-    # group) does not. (The stub also sets it, right after the fork.)
+def _become_relay() -> None:
+    # Own process group: the stub's killpg reaches the relay, and a
+    # terminal's ^C (sent to the foreground group) does not. (The stub also
+    # sets it, right after the fork.)
     os.setpgid(0, 0)
     privileges.drop_all_capabilities()
-    # EPIPE is handled where it happens; SIGPIPE would kill a connection mid-pump.
+    # EPIPE is handled where it happens; SIGPIPE would kill the relay mid-write.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
-    # Connection children are reaped by the kernel: no zombie pile-up, no wait loop.
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     # The stub blocks the signals it forwards; a relay should die of SIGTERM
     # like any daemon (the stub itself uses SIGKILL).
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
@@ -350,23 +353,3 @@ def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
         os.closerange(start, fd)
         start = fd + 1
     kernel.close_fds_from(start)
-
-
-class _PinnedSocket:
-    """The host Unix socket, reached through its pinned inode."""
-
-    def __init__(self, relay: _Relay) -> None:
-        self.port = relay.port
-        # The magic link, not the path: the kernel resolves it to the inode
-        # opened before the workload existed, whatever is at the path now.
-        self.path = f"/proc/self/fd/{relay.target}"
-        self.shown = relay.path
-
-    def __str__(self) -> str:
-        return f"{_LOOPBACK}:{self.port} -> {self.shown}"
-
-    def socket(self) -> _socket.socket:
-        return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-
-    def connect(self, sock: _socket.socket) -> None:
-        sock.connect(self.path)
