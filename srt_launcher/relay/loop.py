@@ -27,9 +27,11 @@ socat front end (§8). A connection is two sockets and two directions
   queueing connections forever.
 - Copy for short exchanges, splice for bulk: a direction starts with a plain
   read into one buffer shared by the whole loop and a write; once a read
-  fills the buffer it is bulk and moves through a pipe of its own with
-  splice(2) (no copy through user space). Without a pipe (out of
-  descriptors or pipe quota) it keeps copying.
+  fills the buffer it is bulk and, from a TCP socket, moves through a pipe
+  of its own with splice(2) (no copy through user space). From a Unix
+  socket a bulk direction copies through a larger buffer instead, which
+  measured cheaper than splice there (see :class:`_Flow`); without a pipe
+  (out of descriptors or pipe quota) a direction keeps copying too.
 - Half-close: EOF (or a reset) on one side ends that direction only, once
   what was read is delivered, with shutdown(SHUT_WR) of the other side; the
   other direction goes on. A failed write ends the direction too, and its
@@ -181,8 +183,11 @@ class Loop:
         self.listening = False
         self.backing_off = False
         self.bulk_turn = BULK_TURN_SHARED  # what a bulk direction moves in this round
-        self.buffer = bytearray(COPY_TURN)
-        self.view = memoryview(self.buffer)
+        self.view = memoryview(bytearray(COPY_TURN))  # every copy of a short exchange goes through it
+        self.bulk_view: memoryview | None = None  # the same for bulk turns, made when first needed
+        # Splice from TCP sockets only (see _Flow).
+        self.splice_from_client = listener.family != _socket.AF_UNIX
+        self.splice_from_upstream = upstream.family != _socket.AF_UNIX
         self.status = 0  # what run() returns in once mode: 1 if the connection could not be made
 
     # ------------------------------------------------------------ running
@@ -421,7 +426,11 @@ class _Connection:
             self.handshake = make()
             self._start_handshake()
             return
-        self.flows = (_Flow(self, self.client, self.upstream), _Flow(self, self.upstream, self.client))
+        loop = self.loop
+        self.flows = (
+            _Flow(self, self.client, self.upstream, loop.splice_from_client),
+            _Flow(self, self.upstream, self.client, loop.splice_from_upstream),
+        )
         # Clients usually send at once: what is already there goes now, a round early.
         self.flows[0].step()
         if self.flows[0].open or self.flows[1].open:
@@ -548,12 +557,20 @@ class _Connection:
 
 
 class _Flow:
-    """One direction: src → dst, by copy until a read fills the buffer, then by splice."""
+    """One direction, src → dst: a plain copy until a read fills the buffer, then bulk.
+
+    A bulk direction from a TCP socket moves through a pipe of its own by
+    splice(2): the pages TCP received go out without a copy through user
+    space. From a Unix socket it keeps copying, through a buffer as large
+    as a bulk turn: measured on kernel 6.18 pushing 1 GiB Unix → TCP, splice
+    cost the relay 0.49 s of CPU and gave 2.0 GB/s, a 256 KiB copy 0.37 s
+    and 2.6 GB/s (the other way, TCP → Unix, splice is the cheaper one).
+    """
 
     __slots__ = ("connection", "src", "dst", "src_fd", "dst_fd", "leftover", "in_pipe", "pipe_r", "pipe_w", "open",
-                 "wait_fd", "wait_event")  # fmt: skip
+                 "wait_fd", "wait_event", "bulk", "splices")  # fmt: skip
 
-    def __init__(self, connection: _Connection, src: _socket.socket, dst: _socket.socket) -> None:
+    def __init__(self, connection: _Connection, src: _socket.socket, dst: _socket.socket, splices: bool) -> None:
         self.connection = connection
         self.src = src
         self.dst = dst
@@ -565,6 +582,8 @@ class _Flow:
         self.open = True
         self.wait_fd = self.src_fd
         self.wait_event = _IN
+        self.bulk = False
+        self.splices = splices  # whether a bulk turn from src is a splice (src is a TCP socket)
 
     def step(self) -> None:
         """One turn: move a bounded amount, then note what to wait for."""
@@ -577,8 +596,9 @@ class _Flow:
 
     def _copy(self) -> None:
         loop = self.connection.loop
+        view = loop.bulk_view[: loop.bulk_turn] if self.bulk else loop.view
         try:
-            count = os.readv(self.src_fd, (loop.buffer,))
+            count = os.readv(self.src_fd, (view,))
         except BlockingIOError:
             return
         except OSError:
@@ -586,9 +606,9 @@ class _Flow:
         if not count:
             self.finish(write_failed=False)
             return
-        if count == COPY_TURN:
+        if count == COPY_TURN and not self.bulk:
             self._become_bulk()
-        self._write(loop.view[:count])
+        self._write(view[:count])
 
     def _write(self, data) -> None:  # type: ignore[no-untyped-def]
         try:
@@ -606,15 +626,22 @@ class _Flow:
             self.wait_fd, self.wait_event = self.dst_fd, _OUT
 
     def _become_bulk(self) -> None:
+        self.bulk = True
+        self.connection.bulk = True
+        loop = self.connection.loop
+        if not self.splices:
+            if loop.bulk_view is None:
+                loop.bulk_view = memoryview(bytearray(BULK_TURN_ALONE))
+            return
         try:
             self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
-            return  # out of descriptors or pipe quota: keep copying
+            self.bulk = False  # out of descriptors or pipe quota: keep copying in short turns
+            return
         try:
             fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, BULK_TURN_ALONE)
         except OSError:
             pass  # above pipe-max-size or the user's pipe quota: turns are as large as the pipe
-        self.connection.bulk = True
 
     def _splice(self) -> None:
         if not self.in_pipe:
