@@ -2,11 +2,15 @@
 
 ``run`` takes a fast path that never imports click, pyroute2 or pyseccomp
 (SPEC §4): its argv is parsed from a table because mount order is semantic.
-Every other subcommand, and help for them, goes through the click group.
+So does the socat front end, run as ``socat``/``srt-socat`` (argv[0]'s
+basename) or ``srt-launcher socat``. Every other subcommand, and help for
+them, goes through the click group.
 """
 
 import os
 import sys
+
+SOCAT_NAMES = ("socat", "srt-socat")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     # Multicall: the variable selected this program; the workload must not see it.
     if os.environ.get("ARGV0") == "srt-launcher":
         del os.environ["ARGV0"]
+    # The socat front end: by the name it was run under, or as a subcommand.
+    if argv is None and os.path.basename(sys.argv[0]) in SOCAT_NAMES:
+        _socat(args)
+    if args and args[0] == "socat":
+        _socat(args[1:])
     if args and args[0] == "run":
         from srt_launcher.launch import signals
 
@@ -47,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LauncherError as err:
         return report(err)
+
+
+def _socat(args: list[str]) -> None:
+    """socat's command line, without click (a launch path, SPEC §4)."""
+    from srt_launcher.commands import socat
+
+    # os._exit: a pump thread may still be blocked after -t ended the
+    # transfer, and everything was written with os.write.
+    os._exit(socat.main(args))
 
 
 def die_with_parent(parent: int) -> None:

@@ -8,10 +8,13 @@ srt-launcher and once by socat:
                    `TCP-LISTEN:PORT,fork,reuseaddr UNIX-CONNECT:S` in bwrap
   relay            host Unix socket -> TCP: `srt-launcher relay` against
                    `socat UNIX-LISTEN:S,fork TCP:127.0.0.1:P`
-  socat host       the same job through the socat front end, with
-                   sandbox-runtime's exact host-bridge command line
-  socat inside     the socat front end in sandbox-runtime's in-sandbox role
-                   (TCP6-LISTEN ... UNIX-CONNECT, in bwrap --unshare-net)
+  socat host       `srt-launcher socat` against socat with sandbox-runtime's
+                   host-bridge command line (UNIX-LISTEN:S,fork,reuseaddr
+                   TCP:localhost:P,keepalive,keepidle=10,keepintvl=5,keepcnt=3)
+  socat inside     `srt-launcher socat` against socat with sandbox-runtime's
+                   in-sandbox command line (TCP6-LISTEN:P,ipv6only=0,fork,
+                   reuseaddr,backlog=4096 UNIX-CONNECT:S), both in bwrap
+                   --unshare-net as sandbox-runtime runs them
 
 For each role, in alternating srt/socat pairs (the figure is the median of
 the per-pair ratios): throughput (one push of --push bytes into a sink),
@@ -113,14 +116,16 @@ class HostRole(Role):
 
 
 class InsideRole(Role):
-    """Relays started with each sandbox, the client inside it."""
+    """Relays started with each sandbox, the client inside it. ``marker``: a
+    word of the relays' own argv (else srt's relays are the stub's children)."""
 
     inside = True
 
-    def __init__(self, bench, servers: dict[str, str], srt_launch, socat_launch) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, bench, servers: dict[str, str], srt_launch, socat_launch, marker: str = "") -> None:  # type: ignore[no-untyped-def]
         super().__init__(bench, servers)
         self.srt_launch = srt_launch  # (unix socket, command) -> argv
         self.socat_launch = socat_launch
+        self.marker = marker.encode()
 
     def client(self, who: str, target: str, args: list[str]) -> list[str]:
         address = f"tcp:127.0.0.1:{SANDBOX_PORT}"
@@ -129,12 +134,21 @@ class InsideRole(Role):
 
     def relay_processes(self, who: str, launch: int | None) -> list[int]:
         tree = process_tree(launch) if launch else []
+        if self.marker:
+            return [pid for pid in tree if self.marker in _cmdline(pid)]
         if who == "socat":
             return [pid for pid in tree if comm(pid) == "socat"]
         # srt: the stub's children that live in the host PID namespace only
         # (PID 1 has two NSpid entries), and whatever they forked.
         relays = [pid for pid in tree if pid != launch and _parent(pid) == launch and _nspid_depth(pid) == 1]
         return [pid for relay in relays for pid in process_tree(relay)]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _parent(pid: int) -> int:

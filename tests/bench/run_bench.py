@@ -65,7 +65,7 @@ FORBIDDEN_IMPORTS = ("click", "pyroute2", "pyseccomp")
 MB = 1_000_000  # decimal megabytes everywhere (throughput and memory)
 SANDBOX_PORT = 3128
 
-ROLES = ("run --relay", "relay")
+ROLES = ("run --relay", "relay", "socat host", "socat inside")
 BUDGETS = {
     "launch_full_ratio_max": 2.0,
     "launcher_pss_mb_max": 25.0,
@@ -304,6 +304,12 @@ class Bench:
 
     def relay_roles(self, tcp: dict[str, str], unix: dict[str, str]) -> list:
         srt, socat = self.srt, self.socat
+        # sandbox-runtime's own command lines for its socat relays.
+        bridge = lambda path, up: [  # noqa: E731
+            f"UNIX-LISTEN:{path},fork,reuseaddr",
+            f"TCP:localhost:{up.rsplit(':', 1)[1]},keepalive,keepidle=10,keepintvl=5,keepcnt=3",
+        ]
+        inside = f"TCP6-LISTEN:{SANDBOX_PORT},ipv6only=0,fork,reuseaddr,backlog=4096"
         return [
             relays.InsideRole(self, unix, self.srt_one_relay, self.socat_one_relay).named("run --relay"),
             relays.HostRole(
@@ -311,7 +317,21 @@ class Bench:
                 lambda path, up: [srt, "relay", path, up],
                 lambda path, up: [socat, f"UNIX-LISTEN:{path},fork", f"TCP:{up}"],
             ).named("relay"),
+            relays.HostRole(
+                self, tcp, lambda path, up: [srt, "socat", *bridge(path, up)], lambda path, up: [socat, *bridge(path, up)],
+            ).named("socat host"),
+            relays.InsideRole(
+                self, unix,
+                lambda sock, command: self.socat_in_bwrap([srt, "socat"], inside, sock, command),
+                lambda sock, command: self.socat_in_bwrap([socat], inside, sock, command),
+                marker="TCP6-LISTEN",
+            ).named("socat inside"),
         ]  # fmt: skip
+
+    def socat_in_bwrap(self, socat: list[str], listen: str, sock: str, command: list[str]) -> list[str]:
+        """sandbox-runtime's in-sandbox relay: socat started in the sandbox, then the command."""
+        script = f"{' '.join(socat)} {listen} UNIX-CONNECT:{sock} & exec " + " ".join(command)
+        return self.bwrap_net([self.bash, "-c", script])
 
     def _direct_reference(self, section, sink_unix: str, echo_unix: str, sink_port: int, echo_port: int) -> None:  # type: ignore[no-untyped-def]
         s = self.settings
