@@ -137,6 +137,7 @@ class _Stub:
             os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
         if wants_worker:
             _notify_on_records(self.channel)
+            self._on_records()
         _close_caller_fds(box, [self.channel.fileno(), self._alive, *_optional(box.json_status_fd)])
         privileges.drop_all_capabilities()
         supervisor = signals.Supervisor(
@@ -346,11 +347,13 @@ def _unshared(box: sandbox.Sandbox) -> list[str]:
 def _notify_on_records(channel) -> None:  # type: ignore[no-untyped-def]
     # Signal-driven I/O: the kernel sends SIGIO when a record arrives, so
     # the one sigwaitinfo of the supervisor also waits for records.
+    # SIGIO is blocked first: its default action would kill the stub. A
+    # record sent before O_ASYNC raised no signal; the caller reads once after.
     import fcntl
 
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
     fcntl.fcntl(channel.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(channel.fileno(), fcntl.F_SETFL, fcntl.fcntl(channel.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
 
 
 def _close_caller_fds(box: sandbox.Sandbox, keep: list[int]) -> None:
