@@ -115,3 +115,41 @@ def test_an_origin_relative_rpath_resolves_inside_as_outside(launcher) -> None: 
         assert result.returncode == 7, result.stderr  # 7: answer() came from the library
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_glibc_hwcaps_cache_entry_is_the_one_the_loader_picks(launcher, root_argv) -> None:  # type: ignore[no-untyped-def]
+    """A cache that ldconfig wrote for a library in glibc-hwcaps/x86-64-v{2,3,4}
+    and in its directory: ours picks the entry the real loader picks when that
+    cache is /etc/ld.so.cache (inside a sandbox, the host's left alone)."""
+    root = Path(tempfile.mkdtemp(prefix="srt-launcher-elf-", dir="/tmp"))
+    try:
+        root.chmod(0o755)
+        (root / "l.c").write_text("int hw(void) { return 1; }\n")
+        (root / "m.c").write_text("int main(void) { return 0; }\n")
+        subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(root / "libhwdep.so"), str(root / "l.c"),
+                        "-Wl,-soname,libhwdep.so"], check=True)
+        for level in ("x86-64-v2", "x86-64-v3", "x86-64-v4"):
+            (root / "glibc-hwcaps" / level).mkdir(parents=True)
+            shutil.copy(root / "libhwdep.so", root / "glibc-hwcaps" / level / "libhwdep.so")
+        subprocess.run(["gcc", "-o", str(root / "prog"), str(root / "m.c"), "-Wl,--no-as-needed",
+                        f"-L{root}", "-lhwdep"], check=True)
+        (root / "ld.so.conf").write_text(f"{root}\n")
+        # ldconfig rewrites /var/cache/ldconfig/aux-cache even with -C: give it a scratch one.
+        made = subprocess.run([*root_argv, "run", "--ro-bind", "/", "/", "--tmpfs", "/var/cache/ldconfig",
+                               "--bind", str(root), str(root), "--", "/sbin/ldconfig", "-X",
+                               "-C", str(root / "ld.so.cache"), "-f", str(root / "ld.so.conf")],
+                              capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        for path in root.rglob("*"):
+            path.chmod(0o755)
+        resolution = elf.resolve(str(root / "prog"), ld_so_cache=str(root / "ld.so.cache"))
+        ours = resolution.libraries[0]
+        cpu_has_levels = bool(elf.host_hwcaps(elf.Abi.of(elf.read_elf(str(root / "prog")))).glibc_hwcaps)
+        assert ours.found_in == "ld.so.cache" and resolution.needs_ld_so_cache
+        assert ("/glibc-hwcaps/" in ours.path) == cpu_has_levels, ours.path
+        traced = launcher.run("--ro-bind", "/", "/", "--ro-bind", str(root / "ld.so.cache"), "/etc/ld.so.cache",
+                              "--setenv", "LD_TRACE_LOADED_OBJECTS", "1", "--", str(root / "prog"))
+        assert traced.returncode == 0, traced.stderr
+        assert f"libhwdep.so => {ours.path} (" in traced.stdout, traced.stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
