@@ -1055,10 +1055,14 @@ def _dst_at(text: str, start: int) -> tuple[str | None, int]:
         after = body + len(token)
         if curly and not text.startswith("}", after):
             continue
-        if not curly and after < len(text) and (text[after].isascii() and (text[after].isalnum() or text[after] == "_")):
-            continue
+        if not curly and after < len(text) and _is_identifier_char(text[after]):
+            continue  # "$ORIGINAL" is no token
         return token, len(token) + (2 if curly else 0)
     return None, 0
+
+
+def _is_identifier_char(char: str) -> bool:
+    return char.isascii() and (char.isalnum() or char == "_")
 
 
 def _as_dir(path: str) -> str:
