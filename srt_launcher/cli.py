@@ -19,6 +19,10 @@ Options are applied in argv order (mount order is semantic) and may repeat:
   --unshare-net               new network namespace with only lo, up
   --unshare-user              take the user-namespace path even as root
   --seccomp-unix-block        block AF_UNIX socket creation and io_uring (seccomp)
+  --seccomp-harden            block netlink/packet/bluetooth/vsock sockets, io_uring,
+                              bpf, perf_event_open, userfaultfd, keys, kexec, modules,
+                              open_by_handle_at, new user namespaces (seccomp);
+                              stacks with --seccomp-unix-block
   --bind SRC DST              recursive bind, read-write, nosuid, nodev
   --ro-bind SRC DST           recursive bind, read-only (every submount too), nosuid, nodev
   --tmpfs DST                 fresh tmpfs, mode 0755, nosuid, nodev
@@ -28,6 +32,9 @@ Options are applied in argv order (mount order is semantic) and may repeat:
   --relay PORT UNIX_PATH      127.0.0.1:PORT inside -> host Unix socket (needs --unshare-net)
   --setenv KEY VALUE          set KEY=VALUE in the command's environment
   --                          end of options; COMMAND must follow
+
+\b
+TIOCSTI and TIOCLINUX are refused to COMMAND on every launch (seccomp).
 
 \b
 Exit status: the command's own; 128+N if it was killed by signal N;

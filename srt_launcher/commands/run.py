@@ -13,11 +13,12 @@ Stub:   refuse setuid/setgid → record stdout's tty and the cwd → SIGCHLD to
         (only with --unshare-net/--unshare-user: NET [+USER], lo up, relays)
         → phase 2 (PID [+USER]) → DUMPABLE=0 → fork PID 1 → forward signals,
         drop capabilities, wait, SIGKILL the relays' groups, exit with PID 1's status.
-PID 1:  PDEATHSIG again → setsid (no controlling tty: TIOCSTI) → new mount ns
+PID 1:  PDEATHSIG again → setsid (no controlling tty) → new mount ns
         → build the root (mount/root.py) → drop every capability → restore cwd
         → fork the worker → forward signals, reap everything, exit with the
         worker's status.
-Worker: (no capabilities, inherited) → close fds > 2 → --setenv → seccomp → exec.
+Worker: (no capabilities, inherited) → close fds > 2 → --setenv → seccomp
+        filters (the tty one always, stacked on those asked for) → exec.
 
 The mount namespace is unshared by PID 1 rather than the stub, so that the
 stub stays in the host mount namespace as the tree above says: a stub inside
@@ -41,7 +42,7 @@ import stat
 # measured), and the launch path pays only for what it uses (SPEC §4).
 import _signal
 
-from srt_launcher import kernel, namespaces, privileges, signals
+from srt_launcher import kernel, namespaces, privileges, seccomp, signals
 from srt_launcher.errors import (
     EXEC_NOT_EXECUTABLE,
     EXEC_NOT_FOUND,
@@ -59,7 +60,7 @@ from srt_launcher.mount.ops import MountOp
 # exec: the workload must get the default back (as subprocess does).
 _IGNORED_BY_PYTHON = (_signal.SIGPIPE, _signal.SIGXFSZ)
 
-_FLAG_OPTIONS = ("--unshare-net", "--unshare-user", "--seccomp-unix-block")
+_FLAG_OPTIONS = ("--unshare-net", "--unshare-user", "--seccomp-unix-block", "--seccomp-harden")
 _TWO_PATH_MOUNTS = {"--bind": "bind", "--ro-bind": "ro-bind"}
 _ONE_PATH_MOUNTS = {"--tmpfs": "tmpfs", "--dev": "dev", "--proc": "proc", "--host-proc": "host-proc"}
 
@@ -67,12 +68,15 @@ _ONE_PATH_MOUNTS = {"--tmpfs": "tmpfs", "--dev": "dev", "--proc": "proc", "--hos
 class RunConfig:
     """The parsed command line; mount ops keep their argv order."""
 
-    __slots__ = ("unshare_net", "unshare_user", "seccomp_unix_block", "ops", "relays", "setenv", "command")
+    __slots__ = (
+        "unshare_net", "unshare_user", "seccomp_unix_block", "seccomp_harden", "ops", "relays", "setenv", "command",
+    )
 
     def __init__(self) -> None:
         self.unshare_net = False
         self.unshare_user = False
         self.seccomp_unix_block = False
+        self.seccomp_harden = False
         self.ops: list[MountOp] = []
         self.relays: list[tuple[int, str]] = []
         self.setenv: list[tuple[str, str]] = []
@@ -185,7 +189,7 @@ def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
         # end as if it had.
         return 128 + _signal.SIGKILL
     _resolve_sources(config.ops)
-    seccomp_program = _load_seccomp() if config.seccomp_unix_block else None
+    seccomp_programs = _load_seccomp(config)
     env = dict(os.environ)
     relays: list[int] = []
     try:
@@ -203,7 +207,7 @@ def launch(config: RunConfig, caller_mask: set[int], parent: int) -> int:
         raise
     if pid1 == 0:
         os.close(alive_write)
-        _pid1(config, env, cwd, tty_path, seccomp_program, caller_mask, alive_read)
+        _pid1(config, env, cwd, tty_path, seccomp_programs, caller_mask, alive_read)
     os.close(alive_read)
     privileges.drop_all_capabilities()
     live_relays = set(relays)
@@ -252,10 +256,17 @@ def _resolve_sources(ops: list[MountOp]) -> None:
         op.source = resolved
 
 
-def _load_seccomp() -> bytes:
-    from srt_launcher import seccomp
-
-    return seccomp.load_filter()
+def _load_seccomp(config: RunConfig) -> list[kernel.SeccompProgram]:
+    """The filters to stack in the worker. The tty filter is on every launch:
+    PID 1's setsid() is no defence against a workload handed a terminal that
+    is nobody's controlling tty (it takes it with setsid + TIOCSCTTY). The
+    filters asked for come first, so that their refusal of an unsupported
+    host is the message a caller sees."""
+    names = [seccomp.UNIX_BLOCK] if config.seccomp_unix_block else []
+    if config.seccomp_harden:
+        names.append(seccomp.HARDEN)
+    names.append(seccomp.TTY)
+    return [seccomp.prepare(seccomp.load_filter(name)) for name in names]
 
 
 def _phase_one(config: RunConfig) -> tuple[list[int], bool]:
@@ -311,7 +322,7 @@ def _pid1(
     env: dict[str, str],
     cwd: str | None,
     tty_path: str | None,
-    seccomp_program: bytes | None,
+    seccomp_programs: list[kernel.SeccompProgram],
     caller_mask: set[int],
     alive_read: int,
 ) -> None:
@@ -335,7 +346,7 @@ def _pid1(
         env["PWD"] = _enter_working_dir(cwd, env.get("HOME"))
         worker = os.fork()
         if worker == 0:
-            _worker(config, env, seccomp_program, caller_mask, caller_umask)
+            _worker(config, env, seccomp_programs, caller_mask, caller_umask)
         # Orphans re-parented to PID 1 are reaped and forgotten.
         code = signals.supervise(worker)
     except LauncherError as err:
@@ -380,7 +391,7 @@ def _internal_error() -> int:
 def _worker(
     config: RunConfig,
     env: dict[str, str],
-    seccomp_program: bytes | None,
+    seccomp_programs: list[kernel.SeccompProgram],
     caller_mask: set[int],
     caller_umask: int,
 ) -> None:
@@ -394,10 +405,8 @@ def _worker(
         os.umask(caller_umask)
         for key, value in config.setenv:
             env[key] = value
-        if seccomp_program is not None:
-            from srt_launcher import seccomp
-
-            seccomp.install(seccomp_program)
+        for program in seccomp_programs:
+            seccomp.install(program)
         # From here a held SIGTERM (sent before the worker existed) kills us.
         _signal.pthread_sigmask(_signal.SIG_SETMASK, caller_mask)
         exec_command(config.command, env)
