@@ -54,6 +54,8 @@ def load_filter(name: str) -> bytes:
     Called in the stub before any namespace or process exists, so an
     unsupported host fails the launch cleanly (exit 125).
     """
+    if name not in (TTY, UNIX_BLOCK, HARDEN):
+        raise LauncherError(STEP, name, "no such built-in filter")
     machine = kernel.MACHINE
     if machine not in _MACHINES:
         raise _unsupported(name, machine)
