@@ -229,6 +229,8 @@ def help_text() -> str:
         "",
         "  " + RLIMIT_HELP.replace("\n", "\n  "),
         "",
+        "  TIOCSTI and TIOCLINUX are refused to COMMAND on every launch (seccomp).",
+        "",
         "  Exit status: the command's own; 128+N if it was killed by signal N;",
         "  124 --timeout expired; 2 usage error; 125 launcher setup failed;",
         "  126 not executable; 127 not found.",

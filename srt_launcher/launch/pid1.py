@@ -37,7 +37,7 @@ class Plan:
 
     __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status")
 
-    def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[bytes], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
+    def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[kernel.SeccompProgram], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
         self.box = box
         self.steps = steps
         self.programs = programs
@@ -71,7 +71,7 @@ def _pid1(plan: Plan) -> int:
         if _stub_is_gone(plan.alive, wait=False):
             return SETUP_FAILED
     if box.new_session:
-        os.setsid()  # no controlling terminal: the TIOCSTI defence
+        os.setsid()  # no controlling terminal (TIOCSTI itself: the tty filter, launch/stub.py)
     _unshare_mount_namespace(plan)
     if box.userns_block_fd is not None and _stub_is_gone(plan.alive, wait=True):
         return SETUP_FAILED  # the stub waited for the caller's uid maps, then died
@@ -397,7 +397,7 @@ def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
 
 
 
-def _install_seccomp(program: bytes) -> None:
+def _install_seccomp(program: kernel.SeccompProgram) -> None:
     try:
         kernel.seccomp_set_filter(program)
     except OSError as err:
