@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from srt_launcher.commands import relay as relay_command
+from srt_launcher.commands.check import check
 from srt_launcher.commands.connect import connect
 
 RUN_HELP = """Run COMMAND in a sandbox: its own user, PID, mount (and network) namespaces.
@@ -81,3 +82,4 @@ def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
 
 
 cli.add_command(connect)
+cli.add_command(check)
