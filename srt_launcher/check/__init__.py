@@ -55,7 +55,9 @@ class ProbeResult(Mapping[str, Feature]):
         return f"ProbeResult({'usable' if self else 'unusable'}, {self._features!r})"
 
 
-def examine(run_options: list[str] | None = None, *, rtnetlink: bool = True, isolation: bool = True):  # type: ignore[no-untyped-def]
+def examine(  # type: ignore[no-untyped-def]
+    run_options: list[str] | None = None, *, rtnetlink: bool = True, isolation: bool = True
+):
     """Run every probe for the launch of ``run_options`` (None: sandbox-runtime's launch).
 
     Returns (plan, route, findings). A usage error in ``run_options`` raises

@@ -59,7 +59,8 @@ def _has_cap(outcome: Outcome, cap: int) -> bool:
 
 
 def _filters(outcome: Outcome) -> str:
-    return f"Seccomp: {outcome.facts.get('seccomp_mode', '?')}, {outcome.facts.get('seccomp_filters', '?')} filter(s) on this process"
+    mode = outcome.facts.get("seccomp_mode", "?")
+    return f"Seccomp: {mode}, {outcome.facts.get('seccomp_filters', '?')} filter(s) on this process"
 
 
 # ---------------------------------------------------------------- shared causes
@@ -156,7 +157,8 @@ def _unshare_refused(outcome: Outcome, ctx: Context, kind: str) -> tuple[str, st
     code = outcome.errno
     if ctx.host.wsl() == 1:
         cause = f"{refused(outcome)}: this is WSL 1, which translates Linux system calls and has no namespaces at all."
-        return cause, "Convert the distribution to WSL 2 (a real Linux kernel), from Windows: `wsl --set-version <distribution> 2`."
+        fix = "Convert the distribution to WSL 2 (a real Linux kernel), from Windows: `wsl --set-version <distribution> 2`."
+        return cause, fix
     if code == E.EPERM and outcome.facts.get("unshare0_errno") == E.EPERM:
         return _seccomp_refuses_unshare(outcome, ctx)
     if code == E.ENOSPC:
@@ -187,7 +189,10 @@ def _user_namespace(outcome: Outcome, ctx: Context) -> tuple[str, str]:
 
 def _user_namespace_forbidden(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     if str(outcome.facts.get("unprivileged_userns_clone", "")) == "0":
-        cause = f"{refused(outcome)}: the kernel forbids user namespaces to unprivileged users: kernel.unprivileged_userns_clone = 0."
+        cause = (
+            f"{refused(outcome)}: the kernel forbids user namespaces to unprivileged users: "
+            "kernel.unprivileged_userns_clone = 0."
+        )
         fix = (
             "As root: `sysctl -w kernel.unprivileged_userns_clone=1`, and put `kernel.unprivileged_userns_clone = 1` "
             "in /etc/sysctl.d/ to keep it. (Or run the launcher as root with CAP_SYS_ADMIN: it then needs no user namespace.)"
@@ -204,11 +209,12 @@ def _user_namespace_forbidden(outcome: Outcome, ctx: Context) -> tuple[str, str]
 def _id_maps(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     """Writing setgroups, uid_map or gid_map of the new namespace was refused."""
     if outcome.errno == E.EACCES and outcome.facts.get("dumpable") == 0:
+        suid_dumpable = outcome.facts.get("suid_dumpable") or "?"
         cause = (
-            f"{refused(outcome)}: this process is not dumpable (PR_GET_DUMPABLE = 0), so its /proc/self files belong "
-            "to root and it may not write its own setgroups, uid_map and gid_map. A process becomes so when it changes uid or gid without "
-            f"exec'ing since (fs.suid_dumpable = {outcome.facts.get('suid_dumpable') or '?'}): a service started as "
-            "root that called setuid(), or a setuid/setgid program."
+            f"{refused(outcome)}: this process is not dumpable (PR_GET_DUMPABLE = 0), so its /proc/self files "
+            "belong to root and it may not write its own setgroups, uid_map and gid_map. A process becomes so "
+            f"when it changes uid or gid without exec'ing since (fs.suid_dumpable = {suid_dumpable}): a service "
+            "started as root that called setuid(), or a setuid/setgid program."
         )
         fix = (
             "Start the launcher, or the code that calls srt_launcher, as a new program after the change of "
@@ -219,7 +225,8 @@ def _id_maps(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     if outcome.errno == E.EPERM and ctx.host.apparmor():
         return _apparmor(outcome, ctx)
     if outcome.errno == E.EROFS:
-        return f"{refused(outcome)}: /proc is mounted read-only here.", "Mount /proc read-write (a container runtime option), or run as root with CAP_SYS_ADMIN."
+        fix = "Mount /proc read-write (a container runtime option), or run as root with CAP_SYS_ADMIN."
+        return f"{refused(outcome)}: /proc is mounted read-only here.", fix
     return _lsm_or_unknown(
         outcome,
         ctx,
@@ -283,7 +290,11 @@ def _pivot_root(outcome: Outcome, ctx: Context) -> tuple[str, str]:
         )
         return cause, fix
     if outcome.errno == E.EPERM:
-        return _lsm_or_unknown(outcome, ctx, "mounting is refused here (Docker's default seccomp profile refuses mount and pivot_root to a container without CAP_SYS_ADMIN).")
+        why = (
+            "mounting is refused here (Docker's default seccomp profile refuses mount and pivot_root to a "
+            "container without CAP_SYS_ADMIN)."
+        )
+        return _lsm_or_unknown(outcome, ctx, why)
     return _generic(outcome, ctx)
 
 
@@ -307,7 +318,10 @@ def _procfs(outcome: Outcome, ctx: Context) -> tuple[str, str]:
         )
         return cause, fix
     if outcome.errno == E.EPERM and outcome.facts.get("in_user_namespace"):
-        cause = f"{refused(outcome)}: in a user namespace the kernel mounts a new procfs only if a procfs is already fully visible there, and none is."
+        cause = (
+            f"{refused(outcome)}: in a user namespace the kernel mounts a new procfs only if a procfs is already "
+            "fully visible there, and none is."
+        )
         return cause, fix
     cause, _ = _generic(outcome, ctx)
     return cause, fix
@@ -317,7 +331,8 @@ def _seccomp(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     code = outcome.errno
     without = " Without it, launch without --seccomp-unix-block (the workload may then create Unix sockets)."
     if outcome.step == "load the filter":
-        return f"the launcher's seccomp filter cannot be loaded: {outcome.detail}", "Reinstall the launcher (`make setup`): its filter blobs ship inside the package."
+        fix = "Reinstall the launcher (`make setup`): its filter blobs ship inside the package."
+        return f"the launcher's seccomp filter cannot be loaded: {outcome.detail}", fix
     if code is None:
         return refused(outcome), "Reinstall the launcher (`make setup`): the installed filter blob does not do what it should."
     if code == outcome.facts.get("get_action_avail_errno"):
@@ -325,12 +340,17 @@ def _seccomp(outcome: Outcome, ctx: Context) -> tuple[str, str]:
             f"{refused(outcome)}: a seccomp filter around this process refuses the seccomp system call itself "
             f"(seccomp(SECCOMP_GET_ACTION_AVAIL) is refused too; {_filters(outcome)})."
         )
-        fix = "Let the process install filters of its own: docker, podman `--security-opt seccomp=unconfined`, or a profile that allows seccomp and prctl(PR_SET_SECCOMP)." + without
+        fix = (
+            "Let the process install filters of its own: docker, podman `--security-opt seccomp=unconfined`, or "
+            "a profile that allows seccomp and prctl(PR_SET_SECCOMP)." + without
+        )
         return cause, fix
     if code == E.EINVAL and not outcome.facts.get("actions_avail"):
-        return f"{refused(outcome)}: the kernel was built without seccomp filters (CONFIG_SECCOMP_FILTER).", "Use a kernel built with CONFIG_SECCOMP_FILTER=y." + without
+        cause = f"{refused(outcome)}: the kernel was built without seccomp filters (CONFIG_SECCOMP_FILTER)."
+        return cause, "Use a kernel built with CONFIG_SECCOMP_FILTER=y." + without
     if code == E.ENOSYS:
-        return f"{refused(outcome)}: the kernel has no seccomp(2) (CONFIG_SECCOMP).", "Use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y." + without
+        cause = f"{refused(outcome)}: the kernel has no seccomp(2) (CONFIG_SECCOMP)."
+        return cause, "Use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y." + without
     cause, _ = _generic(outcome, ctx)
     return cause, "Look for a denial of this process in the kernel and audit logs." + without
 
@@ -338,9 +358,12 @@ def _seccomp(outcome: Outcome, ctx: Context) -> tuple[str, str]:
 def _landlock(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     unused = " srt-launcher does not use Landlock today: its launches need nothing here."
     if outcome.errno == E.EOPNOTSUPP:
-        return f"{refused(outcome)}: Landlock is built into the kernel but not enabled at boot.", "Add landlock to the `lsm=` kernel parameter (e.g. `lsm=landlock,lockdown,yama,integrity,apparmor`)." + unused
+        cause = f"{refused(outcome)}: Landlock is built into the kernel but not enabled at boot."
+        fix = "Add landlock to the `lsm=` kernel parameter (e.g. `lsm=landlock,lockdown,yama,integrity,apparmor`)."
+        return cause, fix + unused
     if outcome.errno == E.ENOSYS:
-        return f"{refused(outcome)}: the kernel has no Landlock (CONFIG_SECURITY_LANDLOCK).", "Use a kernel of 5.13 or later built with CONFIG_SECURITY_LANDLOCK=y." + unused
+        cause = f"{refused(outcome)}: the kernel has no Landlock (CONFIG_SECURITY_LANDLOCK)."
+        return cause, "Use a kernel of 5.13 or later built with CONFIG_SECURITY_LANDLOCK=y." + unused
     cause, fix = _generic(outcome, ctx)
     return cause, fix + unused
 
@@ -364,7 +387,8 @@ def _mount_setattr(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     if outcome.errno == E.ENOSYS:
         return (
             f"{refused(outcome)}: the kernel is older than 5.12, which added mount_setattr(2).",
-            "Nothing to do: the launcher falls back to one remount per submount, read from mountinfo (a little slower, the same result).",
+            "Nothing to do: the launcher falls back to one remount per submount, read from mountinfo (a little "
+            "slower, the same result).",
         )
     return _generic(outcome, ctx)
 

@@ -32,7 +32,9 @@ class Host:
 
     def apparmor(self) -> bool:
         """AppArmor is the active LSM (its securityfs directory, or the module parameter)."""
-        return os.path.isdir(self.path("sys/kernel/security/apparmor")) or self.text("sys/module/apparmor/parameters/enabled") == "Y"
+        if os.path.isdir(self.path("sys/kernel/security/apparmor")):
+            return True
+        return self.text("sys/module/apparmor/parameters/enabled") == "Y"
 
     def apparmor_restricts_userns(self) -> bool:
         """Ubuntu 23.10+: unprivileged user namespaces get no capabilities without a profile allowing ``userns``."""

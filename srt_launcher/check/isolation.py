@@ -114,6 +114,10 @@ def _not_isolated(script: str, ran: list[str]) -> Outcome:
 
 
 def _did_not_start(script: str, why: str) -> Outcome:
-    cause = f"the installed launcher {script} did not run as expected (`{os.path.basename(script)} run` must be a usage error): {why}"
+    cause = (
+        f"the installed launcher {script} did not run as expected (`{os.path.basename(script)} run` must be a "
+        f"usage error): {why}"
+    )
     fix = "Reinstall the launcher (`make setup`), and check that its #! interpreter exists and is executable by this user."
-    return Outcome(NAME, "failed", f"{script} did not start: {why}", "run the installed command", None, {"cause": cause, "fix": fix})
+    facts = {"cause": cause, "fix": fix}
+    return Outcome(NAME, "failed", f"{script} did not start: {why}", "run the installed command", None, facts)

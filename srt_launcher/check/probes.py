@@ -64,6 +64,8 @@ CHAIN_PROBES = NAMESPACE_PROBES + ("seccomp", "landlock", "cgroup-delegation")
 _IN_PID1 = ("mount-namespace", "pivot-root", "procfs", "mount-setattr")
 
 STAGING = "/tmp"
+_BIND_REC = kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REC
+_PRIVATE_REC = kernel.MS_SILENT | kernel.MS_REC | kernel.MS_PRIVATE
 _CHAIN_DEADLINE = 30.0
 
 
@@ -93,7 +95,8 @@ class Outcome:
 
     @classmethod
     def from_record(cls, record: dict) -> "Outcome":
-        return cls(record["name"], record["state"], record.get("detail", ""), record.get("step"), record.get("errno"), record.get("facts"))
+        get = record.get
+        return cls(record["name"], record["state"], get("detail", ""), get("step"), get("errno"), get("facts"))
 
 
 class ChainResult:
@@ -290,7 +293,11 @@ def _user_namespace(out: _Reporter) -> bool:
         out.fail("user-namespace", "unshare(CLONE_NEWUSER)", err.errno, **_user_namespace_facts())
         out.skip(("userns-capabilities",), "not tried: no user namespace")
         return False
-    maps = (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1\n"), ("/proc/self/gid_map", f"{gid} {gid} 1\n"))
+    maps = (
+        ("/proc/self/setgroups", "deny"),
+        ("/proc/self/uid_map", f"{uid} {uid} 1\n"),
+        ("/proc/self/gid_map", f"{gid} {gid} 1\n"),
+    )
     for path, text in maps:
         try:
             _write(path, text)
@@ -300,7 +307,8 @@ def _user_namespace(out: _Reporter) -> bool:
             raise
         except OSError as err:
             step = f"write {path}" if err.errno != errno.EACCES else f"open {path}"
-            out.fail("user-namespace", step, err.errno, f"{step} ({text.strip()!r}): {os.strerror(err.errno)}", **_process_facts())
+            detail = f"{step} ({text.strip()!r}): {os.strerror(err.errno)}"
+            out.fail("user-namespace", step, err.errno, detail, **_process_facts())
             _capabilities(out)  # reported too: AppArmor takes both
             return False
     out.ok("user-namespace", f"created; uid {uid} and gid {gid} mapped onto themselves")
@@ -369,7 +377,8 @@ def _loopback_rtnetlink(out: _Reporter, ipr_class) -> bool:  # type: ignore[no-u
         out.fail("net-namespace", step, err.errno, **_process_facts())
         return False
     if "127.0.0.1/8" not in found:
-        out.fail("net-namespace", "RTM_GETADDR lo", None, f"lo is up but has no 127.0.0.1/8 (addresses: {', '.join(found) or 'none'})")
+        detail = f"lo is up but has no 127.0.0.1/8 (addresses: {', '.join(found) or 'none'})"
+        out.fail("net-namespace", "RTM_GETADDR lo", None, detail)
         return False
     out.ok("net-namespace", f"new network namespace, lo up with {', '.join(found)} (rtnetlink)")
     return True
@@ -384,7 +393,7 @@ def _pid1(out: _Reporter) -> None:
     else:
         out.ok("pid-namespace", "new PID namespace; its first process is PID 1")
     if not _guarded(out, "mount-namespace", _mount_namespace):
-        out.skip(_IN_PID1[1:], "not tried: a mount here could reach the host without a private mount namespace whose / is a slave")
+        out.skip(_IN_PID1[1:], "not tried: without a mount namespace whose / is a slave, a mount here could reach the host")
         return
     if not _guarded(out, "pivot-root", _staging):
         out.skip(_IN_PID1[2:], "not tried: no staging tmpfs")
@@ -427,18 +436,20 @@ def _staging(out: _Reporter) -> bool:
         _step(out, "pivot-root", "mount staging tmpfs", kernel.mount, "tmpfs", STAGING, "tmpfs", flags, "mode=0755")
         and _step(out, "pivot-root", "staging", os.chdir, STAGING)
         and _step(out, "pivot-root", "staging", os.mkdir, "newroot", 0o755)
-        and _step(out, "pivot-root", "bind newroot", kernel.mount, "newroot", "newroot", None, kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REC)
+        and _step(out, "pivot-root", "bind newroot", kernel.mount, "newroot", "newroot", None, _BIND_REC)
         and _step(out, "pivot-root", "staging", os.mkdir, "oldroot", 0o755)
     )
 
 
 def _pivot(out: _Reporter) -> bool:
-    return _step(out, "pivot-root", "pivot_root", kernel.pivot_root, STAGING, "oldroot") and _step(out, "pivot-root", "staging", os.chdir, "/")
+    return _step(out, "pivot-root", "pivot_root", kernel.pivot_root, STAGING, "oldroot") and _step(
+        out, "pivot-root", "staging", os.chdir, "/"
+    )
 
 
 def _switch_root(out: _Reporter) -> bool:
     if not (
-        _step(out, "pivot-root", "detach old root", kernel.mount, "oldroot", "oldroot", None, kernel.MS_SILENT | kernel.MS_REC | kernel.MS_PRIVATE)
+        _step(out, "pivot-root", "detach old root", kernel.mount, "oldroot", "oldroot", None, _PRIVATE_REC)
         and _step(out, "pivot-root", "detach old root", kernel.umount2, "oldroot", kernel.MNT_DETACH)
     ):
         return False
@@ -493,7 +504,7 @@ def _mount_setattr(out: _Reporter) -> bool:
         out.fail("mount-setattr", "mount_setattr(AT_RECURSIVE)", err.errno)
         return False
     if not os.statvfs(path).f_flag & os.ST_RDONLY:
-        out.fail("mount-setattr", "mount_setattr(AT_RECURSIVE)", None, "mount_setattr returned success but the mount is still writable")
+        out.fail("mount-setattr", "mount_setattr(AT_RECURSIVE)", None, "it returned success, yet the mount is still writable")
         return False
     out.ok("mount-setattr", "mount_setattr(AT_RECURSIVE) made a mount ro,nosuid,nodev in one call")
     return True
@@ -553,15 +564,16 @@ def _cgroup_delegation(out: _Reporter) -> bool:
                 directory = candidate
                 break
     if directory is None:
-        out.fail("cgroup-delegation", "find cgroup v2", None, f"this process's cgroup {own} is not visible under any cgroup2 mount", v2=True)
+        detail = f"this process's cgroup {own} is not visible under any cgroup2 mount"
+        out.fail("cgroup-delegation", "find cgroup v2", None, detail, v2=True)
         return False
     controllers = _read_text(directory + "/cgroup.controllers").split()
     can_create = os.access(directory, os.W_OK | os.X_OK)
     can_move = os.access(directory + "/cgroup.procs", os.W_OK)
     if not (can_create and can_move):
         owner = os.stat(directory).st_uid
-        out.fail("cgroup-delegation", "access", errno.EACCES, f"uid {os.getuid()} cannot create a child of {directory} (owned by uid {owner})",
-                 v2=True, directory=directory, controllers=controllers)
+        detail = f"uid {os.getuid()} cannot create a child of {directory} (owned by uid {owner})"
+        out.fail("cgroup-delegation", "access", errno.EACCES, detail, v2=True, directory=directory, controllers=controllers)
         return False
     out.ok("cgroup-delegation", f"could create a child of {directory}; controllers: {' '.join(controllers) or 'none'}",
            directory=directory, controllers=controllers)

@@ -127,7 +127,10 @@ def render_text(findings: list[Finding], plan: LaunchPlan, route: str) -> str:
 
 def _header(plan: LaunchPlan, route: str) -> str:
     what = "run " + " ".join(plan.options) + " -- /bin/true"
-    what += " (the given options, with /bin/true as the command)" if plan.given else " (sandbox-runtime's launch; pass `-- RUN_OPTIONS` to check another)"
+    if plan.given:
+        what += " (the given options, with /bin/true as the command)"
+    else:
+        what += " (sandbox-runtime's launch; pass `-- RUN_OPTIONS` to check another)"
     if route == "plain":
         how = "plain unshare (this caller has CAP_SYS_ADMIN)"
     elif plan.force_user:
@@ -151,6 +154,7 @@ def _paragraphs(label: str, text: str) -> list[str]:
         if line.startswith("  "):
             out.append(indent + line)
         else:
-            out.extend(textwrap.wrap(line, _WIDTH, initial_indent=prefix, subsequent_indent=indent, break_on_hyphens=False) or [prefix])
+            wrapped = textwrap.wrap(line, _WIDTH, initial_indent=prefix, subsequent_indent=indent, break_on_hyphens=False)
+            out.extend(wrapped or [prefix])
         first = False
     return out
