@@ -195,6 +195,22 @@ def test_caller_without_the_right_to_write_uid_map(unprivileged_argv: list[str])
     assert found["user-namespace"]["step"] == "open /proc/self/setgroups"
 
 
+def test_root_without_capabilities_cannot_map_uid_0(root_argv: list[str]) -> None:
+    """Root inside a sandbox (no capability left, as in a container that dropped them): a user
+    namespace can be made, but mapping uid 0 into it needs CAP_SETFCAP (Linux 5.12)."""
+    launcher = Launcher("root", root_argv)
+    inside = launcher.argv("check", "--json")
+    result = launcher.run("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", *inside)
+    found = assert_fails(
+        result,
+        "user-namespace",
+        "EPERM",
+        ["uid 0 without CAP_SETFCAP", "Linux 5.12"],
+        ["as a non-root user", "--cap-add SETFCAP"],
+    )
+    assert found["user-namespace"]["step"] == "write /proc/self/uid_map"
+
+
 # ---------------------------------------------------------------- procfs, network, seccomp
 
 

@@ -16,6 +16,7 @@ from srt_launcher.check.probes import Outcome
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
+CAP_SETFCAP = 31
 
 
 class Context:
@@ -51,9 +52,9 @@ def _generic(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     return refused(outcome), "No known cause matches this error; the step and errno above are the kernel's answer."
 
 
-def _has_cap(outcome: Outcome, cap: int) -> bool:
+def _has_cap(outcome: Outcome, cap: int, fact: str = "cap_eff") -> bool:
     try:
-        return bool(int(str(outcome.facts.get("cap_eff", "0")), 16) >> cap & 1)
+        return bool(int(str(outcome.facts.get(fact) or "0"), 16) >> cap & 1)
     except ValueError:
         return False
 
@@ -222,6 +223,17 @@ def _id_maps(outcome: Outcome, ctx: Context) -> tuple[str, str]:
             "that called setuid(); or call prctl(PR_SET_DUMPABLE, 1) there once it holds nothing secret."
         )
         return cause, fix
+    if outcome.errno == E.EPERM and outcome.facts.get("uid") == 0 and not _has_cap(outcome, CAP_SETFCAP, "cap_eff_before"):
+        cause = (
+            f"{refused(outcome)}: this process is uid 0 without CAP_SETFCAP, and since Linux 5.12 only a process "
+            "holding CAP_SETFCAP may map uid 0 into a user namespace (file capabilities written inside would "
+            "count outside). A root without capabilities: inside another sandbox, or a container that dropped them."
+        )
+        fix = (
+            "Run the launcher as a non-root user (its uid is then mapped, not 0), or give the caller CAP_SETFCAP "
+            "(docker, podman: `--cap-add SETFCAP`; it is in Docker's default set)."
+        )
+        return cause, fix
     if outcome.errno == E.EPERM and ctx.host.apparmor():
         return _apparmor(outcome, ctx)
     if outcome.errno == E.EROFS:
@@ -372,6 +384,9 @@ def _cgroup_delegation(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     unused = " srt-launcher does not use cgroups today: its launches need nothing here."
     if not outcome.facts.get("v2"):
         return outcome.detail, "Boot with cgroup v2 (`systemd.unified_cgroup_hierarchy=1`)." + unused
+    if outcome.errno == E.EROFS:
+        cause = f"{outcome.detail}: cgroups cannot be created from here."
+        return cause, "Mount the cgroup2 filesystem read-write where the launcher runs (a container: `--cgroupns=private` with cgroup v2)." + unused
     if outcome.errno == E.EACCES:
         cause = f"{outcome.detail}: no cgroup subtree is delegated to this user."
         fix = (

@@ -71,7 +71,11 @@ def probe(script: str | None = None) -> Outcome:
     script = script or installed_launcher()
     if script is None:
         return Outcome(NAME, "skipped", "no installed srt-launcher command found: run check through the installed command")
-    with tempfile.TemporaryDirectory(prefix="srt-launcher-check-") as directory:
+    try:
+        directory = tempfile.mkdtemp(prefix="srt-launcher-check-")
+    except OSError as err:
+        return Outcome(NAME, "skipped", f"no temporary directory to plant code in ({tempfile.gettempdir()}: {err.strerror})")
+    try:
         marker = os.path.join(directory, "ran")
         env = _plant(directory, marker)
         try:
@@ -81,6 +85,8 @@ def probe(script: str | None = None) -> Outcome:
         except (OSError, subprocess.TimeoutExpired) as err:
             return _did_not_start(script, str(err))
         ran = _read_lines(marker)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     if ran:
         return _not_isolated(script, ran)
     stderr = result.stderr.decode("utf-8", "replace").strip()

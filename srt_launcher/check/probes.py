@@ -287,6 +287,8 @@ def _unshare(out: _Reporter, name: str, flag: int, what: str) -> bool:
 def _user_namespace(out: _Reporter) -> bool:
     """As namespaces.unshare does on the user-namespace path: the caller's own ids mapped onto themselves."""
     uid, gid = os.getuid(), os.getgid()
+    # Read before: inside the new namespace every capability is held.
+    caps_before = _status_fields().get("CapEff", "")
     try:
         kernel.unshare(kernel.CLONE_NEWUSER)
     except OSError as err:
@@ -299,26 +301,30 @@ def _user_namespace(out: _Reporter) -> bool:
         ("/proc/self/gid_map", f"{gid} {gid} 1\n"),
     )
     for path, text in maps:
-        try:
-            _write(path, text)
-        except FileNotFoundError:
-            if path.endswith("setgroups"):
-                continue  # kernels before 3.19 have no setgroups file
-            raise
-        except OSError as err:
-            step = f"write {path}" if err.errno != errno.EACCES else f"open {path}"
+        step, err = _write(path, text)
+        # Kernels before 3.19 have no setgroups file.
+        if err is not None and not (path.endswith("setgroups") and err.errno == errno.ENOENT):
             detail = f"{step} ({text.strip()!r}): {os.strerror(err.errno)}"
-            out.fail("user-namespace", step, err.errno, detail, **_process_facts())
+            facts = _process_facts()
+            facts.update(uid=uid, cap_eff_before=caps_before)  # the caller's, not the unmapped ones inside
+            out.fail("user-namespace", step, err.errno, detail, **facts)
             _capabilities(out)  # reported too: AppArmor takes both
             return False
     out.ok("user-namespace", f"created; uid {uid} and gid {gid} mapped onto themselves")
     return _capabilities(out)
 
 
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+def _write(path: str, text: str) -> tuple[str, OSError | None]:
+    """Write ``text`` to ``path``: the step that failed ("open …" or "write …") and its error, if any."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as err:
+        return f"open {path}", err
     try:
         os.write(fd, text.encode())
+        return f"write {path}", None
+    except OSError as err:
+        return f"write {path}", err
     finally:
         os.close(fd)
 
@@ -571,13 +577,23 @@ def _cgroup_delegation(out: _Reporter) -> bool:
     can_create = os.access(directory, os.W_OK | os.X_OK)
     can_move = os.access(directory + "/cgroup.procs", os.W_OK)
     if not (can_create and can_move):
-        owner = os.stat(directory).st_uid
-        detail = f"uid {os.getuid()} cannot create a child of {directory} (owned by uid {owner})"
-        out.fail("cgroup-delegation", "access", errno.EACCES, detail, v2=True, directory=directory, controllers=controllers)
+        why = _why_not_writable(directory)
+        detail = f"uid {os.getuid()} cannot create a child of {directory} ({why})"
+        code = errno.EROFS if why.startswith("mounted read-only") else errno.EACCES
+        out.fail("cgroup-delegation", "access", code, detail, v2=True, directory=directory, controllers=controllers)
         return False
     out.ok("cgroup-delegation", f"could create a child of {directory}; controllers: {' '.join(controllers) or 'none'}",
            directory=directory, controllers=controllers)
     return True
+
+
+def _why_not_writable(directory: str) -> str:
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:
+        return "mounted read-only here"
+    owner = os.stat(directory).st_uid
+    if str(owner) == _read_text("/proc/sys/kernel/overflowuid"):
+        return "owned by an id that is not mapped in this user namespace"
+    return f"owned by uid {owner}"
 
 
 # ---------------------------------------------------------------- facts, read after a refusal
