@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher
+from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, lingering, sleep_marker
 
 CHECK_ENV = Path(__file__).with_name("check_env.py")
 TIMEOUT = 120
@@ -128,6 +128,13 @@ def test_run_options_launch_runs_end_to_end(host_launcher: Launcher) -> None:
         server.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_check_leaves_no_process_behind(host_launcher: Launcher) -> None:
+    marker = sleep_marker()  # in check's argv, so in every probe process's, and in the launch's
+    result = run_check(host_launcher, "--json", "--", *FULL_LAUNCH, "--setenv", "SRT_CHECK_TEST", marker)
+    assert_healthy(result)
+    assert lingering(marker) == []
 
 
 # ---------------------------------------------------------------- user namespaces
