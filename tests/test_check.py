@@ -114,18 +114,17 @@ def test_healthy_host_as_root_through_a_user_namespace(root_argv: list[str]) -> 
 def test_run_options_launch_runs_end_to_end(host_launcher: Launcher) -> None:
     directory = Path(tempfile.mkdtemp(prefix="srt-check-test-"))
     try:
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(directory / "proxy.sock"))
-        server.listen()
-        os.chown(directory, host_launcher.uid, host_launcher.gid)
-        os.chmod(directory / "proxy.sock", 0o777)
-        options = ("--relay", "3128", str(directory / "proxy.sock"), *FULL_LAUNCH, "--bind", str(directory), "/work")
-        found = assert_healthy(run_check(host_launcher, "--json", "--", *options, "--", "/bin/sh", "-c", "exit 7"))
+        with socket.socket(socket.AF_UNIX) as server:
+            server.bind(str(directory / "proxy.sock"))
+            server.listen()
+            os.chown(directory, host_launcher.uid, host_launcher.gid)
+            os.chmod(directory / "proxy.sock", 0o777)
+            options = ("--relay", "3128", str(directory / "proxy.sock"), *FULL_LAUNCH, "--bind", str(directory), "/work")
+            found = assert_healthy(run_check(host_launcher, "--json", "--", *options, "--", "/bin/sh", "-c", "exit 7"))
         assert found["bind-sources"]["status"] == "ok"
         assert found["relay-sockets"]["status"] == "ok"
         assert found["launch"]["status"] == "ok"
         assert "/bin/true" in found["launch"]["detail"]  # the given command is not run
-        server.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
