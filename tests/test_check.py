@@ -205,8 +205,12 @@ def test_root_without_capabilities_cannot_map_uid_0(root_argv: list[str]) -> Non
     """Root inside a sandbox (no capability left, as in a container that dropped them): a user
     namespace can be made, but mapping uid 0 into it needs CAP_SETFCAP (Linux 5.12)."""
     launcher = Launcher("root", root_argv)
-    inside = launcher.argv("check", "--json")
-    result = launcher.run("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--", *inside)
+    scratch = tempfile.mkdtemp(prefix="srt-check-test-")  # a writable TMPDIR inside (the checkout may be under /tmp)
+    try:
+        view = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--bind", scratch, scratch, "--setenv", "TMPDIR", scratch)
+        result = launcher.run(*view, "--", *launcher.argv("check", "--json"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     found = assert_fails(
         result,
         "user-namespace",
