@@ -1,18 +1,12 @@
 """Entry point of the multicall command (SPEC §1).
 
 ``run`` takes a fast path that never imports click, pyroute2 or pyseccomp
-(SPEC §4): its argv is parsed by hand because mount order is semantic. Every
-other subcommand, and ``--help`` anywhere, goes through the click group.
+(SPEC §4): its argv is parsed from a table because mount order is semantic.
+Every other subcommand, and help for them, goes through the click group.
 """
 
 import os
 import sys
-
-
-def wants_help(args: list[str]) -> bool:
-    """--help (or -h) anywhere among the options, before `--`, as bubblewrap reads it."""
-    options = args[: args.index("--")] if "--" in args else args
-    return "--help" in options or "-h" in options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     # Multicall: the variable selected this program; the workload must not see it.
     if os.environ.get("ARGV0") == "srt-launcher":
         del os.environ["ARGV0"]
-    if args and args[0] == "run" and not wants_help(args[1:]):
+    if args and args[0] == "run":
         parent = os.getppid()
-        from srt_launcher import signals
+        from srt_launcher.launch import signals
 
-        # Blocked before the ≈4 ms of imports below: a SIGTERM or ^C that
-        # lands while they run is held for the workload, not lost and not
-        # a KeyboardInterrupt traceback.
+        # Blocked before the imports below: a SIGTERM or ^C that lands while
+        # they run is held for the workload, not lost and not a
+        # KeyboardInterrupt traceback.
         caller_mask = signals.block_launch_signals()
         from srt_launcher.commands import run
 

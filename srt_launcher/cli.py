@@ -13,27 +13,6 @@ from srt_launcher.commands import relay as relay_command
 from srt_launcher.commands.check import check
 from srt_launcher.commands.connect import connect
 
-RUN_HELP = """Run COMMAND in a sandbox: its own user, PID, mount (and network) namespaces.
-
-\b
-Options are applied in argv order (mount order is semantic) and may repeat:
-  --unshare-net               new network namespace with only lo, up
-  --unshare-user              take the user-namespace path even as root
-  --seccomp-unix-block        block AF_UNIX socket creation and io_uring (seccomp)
-  --bind SRC DST              recursive bind, read-write, nosuid, nodev
-  --ro-bind SRC DST           recursive bind, read-only (every submount too), nosuid, nodev
-  --tmpfs DST                 fresh tmpfs, mode 0755, nosuid, nodev
-  --dev DST                   minimal /dev: null zero full random urandom tty, pts, shm
-  --proc DST                  procfs of the sandbox's PID namespace, with covers
-  --host-proc DST             recursive bind of the host /proc instead
-  --relay PORT UNIX_PATH      127.0.0.1:PORT inside -> host Unix socket (needs --unshare-net)
-  --setenv KEY VALUE          set KEY=VALUE in the command's environment
-  --                          end of options; COMMAND must follow
-
-\b
-Exit status: the command's own; 128+N if it was killed by signal N;
-2 usage error; 125 launcher setup failed; 126 not executable; 127 not found.
-"""
 
 
 class _Group(click.Group):
@@ -51,20 +30,17 @@ def cli() -> None:
 
 @cli.command(
     "run",
-    help=RUN_HELP,
+    short_help="Run COMMAND in a sandbox (see srt-launcher run --help).",
+    add_help_option=False,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False},
 )
-@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="-- COMMAND [ARGS]...")
-@click.pass_context
-def run_command(ctx: click.Context, args: tuple[str, ...]) -> None:
-    from srt_launcher.__main__ import wants_help
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[OPTIONS] -- COMMAND [ARGS]...")
+def run_command(args: tuple[str, ...]) -> None:
+    """Run COMMAND in a sandbox (its own table of options: srt-launcher run --help)."""
     from srt_launcher.commands import run
 
-    # click stops reading options at the first word it does not know, so a
-    # --help after `--ro-bind / /` reaches us here.
-    if wants_help(list(args)):
-        click.echo(ctx.get_help())
-        ctx.exit(0)
+    # Reached only when options precede the subcommand; `srt-launcher run`
+    # itself is parsed without click (__main__).
     raise SystemExit(run.main(list(args)))
 
 

@@ -2,8 +2,13 @@
 
 Every expected failure is raised as :class:`LauncherError` carrying the step
 that failed, the path or value involved, the reason and the exit status of
-SPEC §2.7. :func:`report` turns it into the single stderr line
-``srt-launcher: <step>: <value>: <reason>``; nothing else formats errors.
+SPEC §2.7 (plus the errno and a source path, so that a front end such as the
+bubblewrap one can word it its own way). :func:`message` turns it into the
+single stderr line ``srt-launcher: <step>: <value>: <reason>``.
+
+Errors of PID 1 and the worker travel to the stub as data (:meth:`encode`),
+and only the stub formats them: after pivot_root nothing may need an import
+(a codec, a module), and the caller's front end decides the wording.
 """
 
 import os
@@ -38,6 +43,8 @@ PROBED_STEPS = frozenset(
 
 RUN_USAGE = "usage: srt-launcher run [OPTIONS] -- COMMAND [ARGS...]  (see srt-launcher run --help)"
 
+_FIELD_SEPARATOR = b"\0"
+
 
 class LauncherError(Exception):
     """An expected failure: what step, on what path or value, why, and the exit status."""
@@ -49,6 +56,8 @@ class LauncherError(Exception):
         reason: str | None = None,
         exit_code: int = SETUP_FAILED,
         usage: str | None = None,
+        errno: int | None = None,
+        source: str | None = None,
     ) -> None:
         super().__init__(step, value, reason)
         self.step = step
@@ -56,29 +65,52 @@ class LauncherError(Exception):
         self.reason = reason
         self.exit_code = exit_code
         self.usage = usage
-        # The kernel's errno when the failure came from a system call: the
-        # host probes (srt_launcher.check) diagnose from it.
-        self.errno: int | None = None
+        self.errno = errno
+        self.source = source
 
     @classmethod
-    def from_os(cls, step: str, value: str | None, err: OSError, exit_code: int = SETUP_FAILED) -> "LauncherError":
+    def from_os(
+        cls, step: str, value: str | None, err: OSError, exit_code: int = SETUP_FAILED, source: str | None = None
+    ) -> "LauncherError":
         reason = os.strerror(err.errno) if err.errno else str(err)
-        error = cls(step, value, reason, exit_code)
-        error.errno = err.errno
-        return error
+        return cls(step, value, reason, exit_code, errno=err.errno, source=source)
 
     @classmethod
     def usage_error(cls, what: str, value: str | None = None, usage: str = RUN_USAGE) -> "LauncherError":
         return cls(what, value, None, USAGE, usage)
 
+    def encode(self) -> bytes:
+        """The error as bytes, for the report channel (no formatting, no import)."""
+        fields = (self.step, self.value, self.reason, self.source)
+        encoded = [b"" if field is None else b"=" + field.encode("utf-8", "surrogateescape") for field in fields]
+        encoded += [str(self.exit_code).encode(), b"" if self.errno is None else str(self.errno).encode()]
+        return _FIELD_SEPARATOR.join(part.replace(_FIELD_SEPARATOR, b"?") for part in encoded)
 
-def message(err: LauncherError) -> str:
+    @classmethod
+    def decode(cls, data: bytes) -> "LauncherError":
+        parts = data.split(_FIELD_SEPARATOR)
+        if len(parts) != 6:
+            return cls("internal error", None, "malformed error report")
+        step, value, reason, source = (
+            part[1:].decode("utf-8", "surrogateescape") if part else None for part in parts[:4]
+        )
+        return cls(
+            step or "internal error",
+            value,
+            reason,
+            int(parts[4]) if parts[4].isdigit() else SETUP_FAILED,
+            errno=int(parts[5]) if parts[5].isdigit() else None,
+            source=source,
+        )
+
+
+def message(err: LauncherError, program: str = "srt-launcher") -> str:
     parts = [err.step]
     if err.value is not None:
         parts.append(err.value)
     if err.reason:
         parts.append(err.reason)
-    text = "srt-launcher: " + ": ".join(printable(part) for part in parts) + "\n"
+    text = f"{program}: " + ": ".join(printable(part) for part in parts) + "\n"
     if err.usage:
         text += err.usage + "\n"
     return text
@@ -89,10 +121,14 @@ def printable(value: str) -> str:
     return value.encode("unicode_escape", "backslashreplace").decode("ascii") if not value.isprintable() else value
 
 
-def report(err: LauncherError) -> int:
-    """Write the message with one write(2): forked children share stderr and must not interleave."""
+def write_stderr(text: str) -> None:
+    """One write(2): forked children share stderr and must not interleave."""
     try:
-        os.write(2, message(err).encode("utf-8", "surrogateescape"))
+        os.write(2, text.encode("utf-8", "surrogateescape"))
     except OSError:
         pass
+
+
+def report(err: LauncherError) -> int:
+    write_stderr(message(err))
     return err.exit_code

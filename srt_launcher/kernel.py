@@ -16,6 +16,9 @@ import os
 import _ctypes
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -27,6 +30,7 @@ MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_NOSYMFOLLOW = 0x100
 MS_BIND = 0x1000
+MS_MOVE = 0x2000
 MS_REC = 0x4000
 MS_SILENT = 0x8000
 MS_PRIVATE = 0x40000
@@ -36,18 +40,37 @@ MNT_DETACH = 0x2
 
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
 # Syscalls glibc has no wrapper for (pivot_root, close_range, seccomp,
 # mount_setattr) or whose wrapper needs libcap's structs (capset). Numbers
 # differ per architecture.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "capset": 126, "seccomp": 317, "close_range": 436, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "capset": 91, "seccomp": 277, "close_range": 436, "mount_setattr": 442},
+    "x86_64": {
+        "pivot_root": 155,
+        "capget": 125,
+        "capset": 126,
+        "seccomp": 317,
+        "move_mount": 429,
+        "close_range": 436,
+        "mount_setattr": 442,
+    },
+    "aarch64": {
+        "pivot_root": 41,
+        "capget": 90,
+        "capset": 91,
+        "seccomp": 277,
+        "move_mount": 429,
+        "close_range": 436,
+        "mount_setattr": 442,
+    },
 }
 
 AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
+MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
 # mount_setattr(2) attributes, and the MS_* flags they stand for.
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
@@ -123,6 +146,7 @@ _syscall = _libc_function("syscall", _Long)
 _mount = _libc_function("mount", _Int, (_CString, _CString, _CString, _ULong, _CString))
 _umount2 = _libc_function("umount2", _Int, (_CString, _Int))
 _unshare = _libc_function("unshare", _Int, (_Int,))
+_setns = _libc_function("setns", _Int, (_Int, _Int))
 _prctl = _libc_function("prctl", _Int, (_Int, _ULong, _ULong, _ULong, _ULong))
 
 MACHINE = os.uname().machine
@@ -150,6 +174,10 @@ def unshare(flags: int) -> None:
     _check(_unshare(flags))
 
 
+def setns(fd: int, nstype: int) -> None:
+    _check(_setns(fd, nstype))
+
+
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     _check(_mount(_path(source), _path(target), _path(fstype), flags, _path(data)), target)
 
@@ -160,6 +188,16 @@ def umount2(target: str, flags: int) -> None:
 
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(_syscall_number("pivot_root"), _path(new_root), _path(put_old)), new_root)
+
+
+def move_mount_onto_fd(source: str, target_fd: int) -> None:
+    """Move the mount at path ``source`` onto the object ``target_fd`` refers to.
+
+    move_mount(2), Linux 5.2: the target is the very inode that fd pins, with
+    no path lookup between the check and the mount (ENOSYS before that).
+    """
+    number = _syscall_number("move_mount")
+    _check(_syscall(number, AT_FDCWD, _path(source), target_fd, b"", MOVE_MOUNT_T_EMPTY_PATH), source)
 
 
 class _MountAttr(_ctypes.Structure):
@@ -194,11 +232,33 @@ class _CapData(_ctypes.Structure):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
-def capset_clear() -> None:
-    """Empty the effective, permitted and inheritable sets of this thread (64-bit v3 ABI)."""
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """Set this thread's capability sets (64-bit masks, the v3 ABI's two words each)."""
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()  # v3: two 32-bit words per set, all zero
+    data = (_CapData * 2)()
+    for word in range(2):
+        shift = 32 * word
+        data[word].effective = (effective >> shift) & 0xFFFFFFFF
+        data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
     _check(_syscall(_syscall_number("capset"), _ctypes.byref(header), _ctypes.byref(data)))
+
+
+def capget_effective() -> int:
+    """This thread's effective capability set, as a 64-bit mask."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_syscall(_syscall_number("capget"), _ctypes.byref(header), _ctypes.byref(data)))
+    return data[0].effective | (data[1].effective << 32)
+
+
+def capset_clear() -> None:
+    """Empty the effective, permitted and inheritable sets of this thread."""
+    capset(0, 0, 0)
+
+
+def raise_ambient_capability(cap: int) -> None:
+    _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0))
 
 
 def clear_ambient_capabilities() -> None:
@@ -209,6 +269,16 @@ def clear_ambient_capabilities() -> None:
 def prctl_capbset_drop(cap: int) -> None:
     # For capabilities newer than python-prctl's headers, which it refuses.
     _check(_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
+
+
+def close_fds_except(keep: list[int]) -> None:
+    """Close every descriptor above 2 but those in ``keep``."""
+    start = 3
+    for fd in sorted(set(fd for fd in keep if fd >= 3)):
+        if fd > start:
+            os.closerange(start, fd)
+        start = fd + 1
+    close_fds_from(start)
 
 
 def close_fds_from(first: int) -> None:

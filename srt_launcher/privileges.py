@@ -66,3 +66,34 @@ def drop_all_capabilities() -> None:
         cap += 1
     kernel.clear_ambient_capabilities()
     kernel.capset_clear()
+
+
+def keep_only_capabilities(caps: frozenset[int]) -> None:
+    """Keep ``caps`` (and nothing else) across exec, as bubblewrap does for --cap-add.
+
+    The bounding set loses everything else first (that needs CAP_SETPCAP,
+    which the capset below may remove); the kept ones are made effective,
+    permitted, inheritable and ambient, so that they survive exec of a
+    program without file capabilities, as a non-root user's.
+    """
+    cap = 0
+    while True:
+        try:
+            if cap not in caps:
+                _drop_bounding(cap)
+        except OSError as err:
+            if err.errno == errno.EINVAL:
+                break  # past the kernel's last capability
+            raise
+        cap += 1
+    mask = 0
+    for kept in caps:
+        mask |= 1 << kept
+    kernel.clear_ambient_capabilities()
+    kernel.capset(mask, mask, mask)
+    for kept in sorted(caps):
+        try:
+            kernel.raise_ambient_capability(kept)
+        except OSError as err:
+            if err.errno not in (errno.EINVAL, errno.EPERM):  # as bubblewrap: not ours to have
+                raise

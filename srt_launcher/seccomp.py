@@ -33,12 +33,14 @@ def _unsupported(machine: str) -> LauncherError:
     return LauncherError(STEP, machine, why)
 
 
-def load_filter() -> bytes:
-    """The filter for the running architecture, as struct sock_filter[] bytes.
+def load_filter(name: str = "unix-block") -> bytes:
+    """The filter ``name`` for the running architecture, as struct sock_filter[] bytes.
 
     Called in the stub before any namespace or process exists, so an
     unsupported host fails the launch cleanly (exit 125).
     """
+    if name != "unix-block":
+        raise LauncherError(STEP, name, "no such built-in filter")
     machine = kernel.MACHINE
     name = _BLOBS.get(machine)
     if name is None:

@@ -339,6 +339,17 @@ def test_run_options_missing_bind_source_and_dead_relay_sockets(host_launcher: L
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_run_options_naming_caller_descriptors_are_left_out_of_the_launch(host_launcher: Launcher) -> None:
+    """--json-status-fd and --seccomp FD name descriptors of the caller's: the launch check runs is made
+    without them (their records and programs are the caller's business); an optional bind may be missing."""
+    options = ("--json-status-fd", "7", "--ro-bind", "/", "/", "--ro-bind-try", "/nonexistent-srt-check", "/x", "--seccomp", "9")
+    found = assert_healthy(run_check(host_launcher, "--json", "--", *options))
+    assert found["launch"]["status"] == "ok"
+    assert "left out: --json-status-fd, --seccomp" in found["launch"]["detail"]
+    assert found["bind-sources"]["status"] == "ok"  # --ro-bind-try: a missing source is skipped
+    assert found["seccomp"]["needed"] is True  # a --seccomp program needs filters to install
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -348,6 +359,7 @@ def test_run_options_missing_bind_source_and_dead_relay_sockets(host_launcher: L
         (("--", "--frobnicate"), "RUN_OPTIONS: unknown option: --frobnicate"),
         (("--bogus",), "No such option"),
         (("foo",), "RUN_OPTIONS: expected an option or --: foo"),
+        (("--", "--ro-bind", "/", "/", "--help"), "RUN_OPTIONS: --help is not a launch"),
     ],
 )
 def test_usage_errors_exit_2(host_launcher: Launcher, args: tuple[str, ...], message: str) -> None:

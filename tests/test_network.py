@@ -119,7 +119,7 @@ def test_relay_without_unshare_net_is_a_usage_error(launcher, shared_dir) -> Non
 def test_network_and_relay_modules_are_cheap_to_import() -> None:
     """SPEC §4: the launch path must not pull in pyroute2, click or the socket module."""
     script = (
-        "import sys; from srt_launcher.commands import run; from srt_launcher import network; "
+        "import sys; from srt_launcher.commands import run; from srt_launcher.launch import network, stub; "
         "from srt_launcher.relay import inside; print(' '.join(sorted(sys.modules)))"
     )
     loaded = set(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split())

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from srt_launcher.check.probes import Outcome
+from srt_launcher.errors import LauncherError
 
 # What sandbox-runtime runs for every command: the launch check asks about
 # when no RUN_OPTIONS are given.
@@ -23,11 +24,12 @@ _TIMEOUT = 60
 class LaunchPlan:
     """What one launch needs from the host."""
 
-    __slots__ = ("options", "given", "force_user", "net", "seccomp", "procfs", "binds", "relays")
+    __slots__ = ("options", "given", "dropped", "force_user", "net", "seccomp", "procfs", "binds", "relays")
 
     def __init__(self, options: list[str], given: bool) -> None:
         self.options = options  # the run options, without `--` and the command
         self.given = given  # False: the default launch above
+        self.dropped: list[str] = []  # options left out of the launch (they name the caller's descriptors)
         self.force_user = False
         self.net = False
         self.seccomp = False
@@ -39,22 +41,52 @@ class LaunchPlan:
 def plan_of(run_options: list[str] | None) -> LaunchPlan:
     """Parse RUN_OPTIONS with `run`'s own parser (a usage error raises its LauncherError, exit 2).
 
-    The only place check depends on the shape of `run`'s parsed command line.
+    The only place check depends on `run`'s command line and its Sandbox.
     """
+    from srt_launcher import sandbox
     from srt_launcher.commands import run
 
     given = run_options is not None
     words = list(run_options if given else DEFAULT_OPTIONS)
-    options = words[: words.index("--")] if "--" in words else words
-    config = run.parse_args(words if "--" in words else words + ["--", "/bin/true"])
+    options, dropped = _without_caller_fds(words[: words.index("--")] if "--" in words else words)
+    box = run.parse([*options, "--", "/bin/true"])
+    assert box is not None  # --help was refused above
     plan = LaunchPlan(options, given)
-    plan.force_user = config.unshare_user
-    plan.net = config.unshare_net
-    plan.seccomp = config.seccomp_unix_block
-    plan.procfs = any(op.kind == "proc" for op in config.ops)
-    plan.binds = [(op.kind, op.source) for op in config.ops if op.source is not None]
-    plan.relays = list(config.relays)
+    plan.dropped = dropped
+    plan.force_user = box.user == sandbox.USERNS_YES
+    plan.net = bool(box.net)
+    plan.seccomp = bool(box.seccomp) or any(option != "--json-status-fd" for option in dropped)
+    plan.procfs = any(mount.kind == sandbox.PROC for mount in box.mounts)
+    plan.binds = [
+        (mount.kind, mount.source) for mount in box.mounts if mount.kind in sandbox.BIND_KINDS and not mount.optional
+    ]
+    plan.relays = list(box.relays)
     return plan
+
+
+# Options that name a descriptor of the caller's: the launch check runs
+# cannot have it (and --seccomp would consume it), so they are left out of
+# it; what they need from the host is probed all the same (seccomp).
+_CALLER_FD_OPTIONS = ("--seccomp", "--add-seccomp-fd", "--json-status-fd")
+
+
+def _without_caller_fds(options: list[str]) -> tuple[list[str], list[str]]:
+    from srt_launcher.commands import run
+
+    kept: list[str] = []
+    dropped: list[str] = []
+    i = 0
+    while i < len(options):
+        entry = run.OPTIONS.get(options[i])
+        width = 1 + (len(entry[0]) if entry else 0)
+        if options[i] in ("--help", "-h"):
+            raise LauncherError.usage_error("--help is not a launch")
+        if options[i] in _CALLER_FD_OPTIONS:
+            dropped.append(options[i])
+        else:
+            kept.extend(options[i : i + width])
+        i += width
+    return kept, dropped
 
 
 def bind_sources(plan: LaunchPlan) -> Outcome:
@@ -112,7 +144,8 @@ def run_launch(plan: LaunchPlan, script: str | None) -> Outcome:
         return _launch_failed(argv, f"{argv[0]}: {os.strerror(err.errno) if err.errno else err}", None)
     lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
     if result.returncode == 0:
-        return Outcome("launch", "ok", "`run " + " ".join(plan.options) + " -- /bin/true` exited 0")
+        left_out = f" (left out: {', '.join(plan.dropped)}, which name the caller's descriptors)" if plan.dropped else ""
+        return Outcome("launch", "ok", "`run " + " ".join(plan.options) + " -- /bin/true` exited 0" + left_out)
     if result.returncode in (126, 127) and any("exec /bin/true" in line for line in lines):
         return Outcome("launch", "ok", "the sandbox was built; /bin/true is not in its view, so nothing ran in it")
     return _launch_failed(argv, lines[-1] if lines else f"exit status {result.returncode}", result.returncode)

@@ -45,9 +45,10 @@ import socket
 import time
 import traceback
 
-from srt_launcher import kernel, network, privileges, seccomp
+from srt_launcher import kernel, privileges, seccomp
 from srt_launcher.check import syscalls
 from srt_launcher.errors import LauncherError
+from srt_launcher.launch import network
 from srt_launcher.mount.mountinfo import unescape
 
 NAMESPACE_PROBES = (
@@ -336,7 +337,7 @@ def _capabilities(out: _Reporter) -> bool:
     then withholds every capability in it: only trying one tells.
     """
     for step, call in (
-        ("unshare(CLONE_NEWUTS)", lambda: kernel.unshare(syscalls.CLONE_NEWUTS)),
+        ("unshare(CLONE_NEWUTS)", lambda: kernel.unshare(kernel.CLONE_NEWUTS)),
         ("sethostname", lambda: socket.sethostname("srt-launcher-check")),
     ):
         try:

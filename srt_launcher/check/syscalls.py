@@ -11,8 +11,6 @@ import ctypes
 import errno
 import os
 
-CLONE_NEWUTS = 0x04000000
-
 _PR_GET_DUMPABLE = 3
 _SECCOMP_GET_ACTION_AVAIL = 2
 _SECCOMP_RET_ALLOW = 0x7FFF0000

@@ -153,3 +153,28 @@ def bind_and_submounts(entries: list[MountEntry], mount_point: str) -> list[Moun
         )
     ]
     return [top] + reachable
+
+
+def _mount_id_of_fd(fd: int, proc_fd: int) -> int:
+    info = os.open(f"self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        text = os.read(info, 4096).decode("ascii", "replace")
+    finally:
+        os.close(info)
+    for line in text.splitlines():
+        if line.startswith("mnt_id:"):
+            return int(line.split()[1])
+    raise OSError(2, "no mnt_id in fdinfo")
+
+
+def is_mount_root(fd: int, proc_fd: int) -> bool:
+    """Whether the object ``fd`` refers to is the root of the mount it is on.
+
+    fdinfo names the fd's mount; mountinfo says where that mount is mounted.
+    """
+    mount_id = _mount_id_of_fd(fd, proc_fd)
+    path = os.readlink(f"self/fd/{fd}", dir_fd=proc_fd)
+    for entry in read(proc_fd):
+        if entry.mount_id == mount_id:
+            return entry.mount_point == path
+    return False

@@ -1,26 +1,53 @@
-"""The mount operations of ``run`` (SPEC §2.4), applied by PID 1 in argv order.
+"""The filesystem operations of a sandbox (SPEC §2.4, §6, §7), applied by PID 1 in order.
 
-Between the two pivot_roots the host root is at ``/oldroot`` and the sandbox
-root being built at ``/newroot``: every operation reads its source under the
-first and writes its target under the second. The bind + remount sequence
-follows bubblewrap's ``bind_mount()`` in bind-mount.c.
+Between the two pivot_roots the host root is at ``/oldroot``, the sandbox
+being built at ``/newroot``, and the staging root itself (a tmpfs of this
+mount namespace, reachable by no other process) holds two scratch mount
+points. Every mount is made in three steps:
+
+1. **Build** it at a scratch point, by path: nothing another process can
+   reach is on that path, so nothing can race it. A recursive bind copies
+   submounts with their own flags; ``/dev`` and ``/proc`` get their nodes
+   and covers here, as submounts that move with them.
+2. **Flag** it there: MS_BIND ignores ro/nosuid/nodev, so each bind (and
+   every submount under it) gets them added, keeping what it already had
+   (bubblewrap's bind_mount() in bind-mount.c; one mount_setattr where the
+   kernel has it). The mount is never visible without its flags.
+3. **Attach** it onto the target's descriptor (mount/target.py): move_mount
+   onto the fd, or MS_MOVE onto its /proc magic link on kernels before 5.2.
+   The target was resolved inside the new root, so a symlink swapped into
+   a writable bind cannot send the mount into the old root.
 """
 
 import errno
 import os
 import stat
 
-from srt_launcher import kernel
+from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
 from srt_launcher.mount import mountinfo
+from srt_launcher.mount.target import CREATE_DIR, CREATE_FILE, open_in_root, open_parent_in_root
 
 OLDROOT = "/oldroot"
 NEWROOT = "/newroot"
+# Scratch mount points in the staging root (mount/root.py creates them).
+SCRATCH_DIR = "/scratch"
+SCRATCH_FILE = "/scratch-file"
+# Where the host's /proc is while the old root is attached: magic links of
+# PID 1's own descriptors, for mount(2) on kernels without move_mount.
+_FD_LINKS = OLDROOT + "/proc/self/fd/"
 
 # What each kind of bind adds on top of the flags a mount already has.
 BIND_READ_WRITE = kernel.MS_NOSUID | kernel.MS_NODEV
 BIND_READ_ONLY = kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV
 BIND_DEVICES = kernel.MS_NOSUID
+# The nodes of --dev: usable (a read-only mount does not stop I/O to a
+# device), but a uid-0 workload cannot chmod, chown or touch the host's
+# inodes through them (bubblewrap binds them read-write: chmod 000
+# /dev/null inside would break the host).
+BIND_DEVICE_NODE = kernel.MS_RDONLY | kernel.MS_NOSUID
+
+_BIND_FLAGS = {sandbox.BIND: BIND_READ_WRITE, sandbox.RO_BIND: BIND_READ_ONLY, sandbox.DEV_BIND: BIND_DEVICES}
 
 # Remounting a submount may fail harmlessly: EACCES, the mount point is not
 # reachable by us (so not by the workload either); EINVAL, the path is no
@@ -41,153 +68,136 @@ DEV_SYMLINKS = (
 # renames it): made read-only wherever they exist.
 PROC_COVERS = ("sys", "sysrq-trigger", "irq", "bus")
 
+_CHUNK = 1 << 16
 
-class MountOp:
-    """One mount option of the command line: ``kind`` is the option name without dashes."""
 
-    __slots__ = ("kind", "dest", "source", "source_is_dir")
+class Step:
+    """One operation as PID 1 applies it: the description's Mount, with its
+    host sources resolved by the stub before any namespace existed."""
 
-    def __init__(self, kind: str, dest: str, source: str | None = None) -> None:
-        self.kind = kind
-        self.dest = dest
-        self.source = source
-        self.source_is_dir = True
+    __slots__ = ("mount", "source", "is_dir", "lower", "work")
+
+    def __init__(self, mount: sandbox.Mount, source: str | None = None, is_dir: bool = True, lower: tuple = ()) -> None:
+        self.mount = mount
+        self.source = source  # resolved host path of a bind or an overlay's upper dir
+        self.is_dir = is_dir
+        self.lower = lower  # resolved host paths of an overlay's lower dirs
+        self.work: str | None = None  # resolved host path of an overlay's work dir
 
     def __repr__(self) -> str:
-        return f"MountOp({self.kind!r}, {self.dest!r}, {self.source!r})"
+        return f"Step({self.mount!r}, {self.source!r})"
 
 
 class MountContext:
     """What the operations need from before the pivot."""
 
-    __slots__ = ("proc_fd", "tty_path")
+    __slots__ = ("proc_fd", "tty_path", "pid_namespace", "move_mount", "tmp_overlays")
 
-    def __init__(self, proc_fd: int, tty_path: str | None) -> None:
+    def __init__(self, proc_fd: int, tty_path: str | None, pid_namespace: bool = True) -> None:
         self.proc_fd = proc_fd
         self.tty_path = tty_path
+        self.pid_namespace = pid_namespace
+        self.move_mount = True  # until the kernel says it has none
+        self.tmp_overlays = 0
 
 
 def host_path(path: str) -> str:
     return OLDROOT if path == "/" else OLDROOT + path
 
 
-_MAX_SYMLINKS = 40  # as the kernel's path walk
+def apply(step: Step, ctx: MountContext) -> None:
+    _APPLY[step.mount.kind](step, ctx)
 
 
-def sandbox_path(dest: str, step: str) -> str:
-    """Where ``dest`` is under /newroot, resolved as the sandbox will see it.
+def _fail(step: str, shown: str, err: OSError, source: str | None = None) -> LauncherError:
+    return LauncherError.from_os(step, shown, err, source=source)
 
-    Like openat2(RESOLVE_IN_ROOT), which Python cannot call: an absolute
-    symlink restarts at the new root and ".." stops there. A plain path walk
-    would follow a symlink the workload of an earlier launch planted in a
-    writable bind (``cfg -> /oldroot/etc``) out to the host's real root,
-    where the launcher would create mount points with its privileges.
-    """
-    pending = [part for part in dest.split("/") if part]
-    resolved: list[str] = []
-    links = 0
-    missing = False
-    while pending:
-        name = pending.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        path = NEWROOT + "/" + "/".join(resolved + [name])
-        if not missing:
+
+# ---------------------------------------------------------------- targets and attaching
+
+
+def _target(mount: sandbox.Mount, create: str, mode: int = 0o755) -> int:
+    try:
+        return open_in_root(NEWROOT, mount.dest, create, mode, _parent_mode(mount.perms))
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+
+
+def _parent_mode(perms: int | None) -> int:
+    # As bubblewrap: parents of a file others may not read are not
+    # listable by them either.
+    mode = 0o755
+    if perms is not None and not perms & 0o070:
+        mode &= ~0o050
+    if perms is not None and not perms & 0o007:
+        mode &= ~0o005
+    return mode
+
+
+def attach(scratch: str, target_fd: int, ctx: MountContext, step: str, shown: str) -> None:
+    """Move the mount built at ``scratch`` onto the object ``target_fd`` pins."""
+    try:
+        if ctx.move_mount:
             try:
-                mode = os.lstat(path).st_mode
-            except FileNotFoundError:
-                missing = True  # nothing below exists either: the rest is created
+                kernel.move_mount_onto_fd(scratch, target_fd)
+                return
             except OSError as err:
-                raise LauncherError.from_os(step, dest, err) from None
-            else:
-                if stat.S_ISLNK(mode):
-                    links += 1
-                    if links > _MAX_SYMLINKS:
-                        raise LauncherError(step, dest, os.strerror(errno.ELOOP))
-                    target = os.readlink(path)
-                    if target.startswith("/"):
-                        resolved = []
-                    pending[:0] = [part for part in target.split("/") if part]
-                    continue
-        resolved.append(name)
-    return NEWROOT + "".join("/" + part for part in resolved)
+                # ENOSYS: a kernel before 5.2; EPERM: a container's seccomp
+                # policy that does not know the syscall. MS_MOVE onto the
+                # magic link reaches the same inode (and fails on a real EPERM).
+                if err.errno not in (errno.ENOSYS, errno.EPERM):
+                    raise
+                ctx.move_mount = False
+        kernel.mount(scratch, _FD_LINKS + str(target_fd), None, kernel.MS_MOVE)
+    except OSError as err:
+        _detach_quietly(scratch)
+        raise _fail(step, shown, err) from None
+    finally:
+        os.close(target_fd)
 
 
-def apply(op: MountOp, ctx: MountContext) -> None:
-    target = sandbox_path(op.dest, op.kind)
-    if op.kind == "bind":
-        ensure_target(target, op.source_is_dir, op.kind, op.dest)
-        bind_mount(ctx, host_path(op.source), target, BIND_READ_WRITE, op.kind, op.dest, recursive=op.source_is_dir)
-    elif op.kind == "ro-bind":
-        ensure_target(target, op.source_is_dir, op.kind, op.dest)
-        # Nothing can be mounted below a file, so a file bind has no submounts.
-        bind_mount(ctx, host_path(op.source), target, BIND_READ_ONLY, op.kind, op.dest, recursive=op.source_is_dir)
-    elif op.kind == "tmpfs":
-        ensure_target(target, True, op.kind, op.dest)
-        mount_tmpfs(target, op.kind, op.dest)
-    elif op.kind == "proc":
-        ensure_target(target, True, op.kind, op.dest)
-        _mount(
-            "proc", target, "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC, None, op.kind, op.dest
-        )
-        cover_proc(ctx, target, op.kind, op.dest, recursive=False)  # a fresh procfs has no submounts
-    elif op.kind == "host-proc":
-        ensure_target(target, True, op.kind, op.dest)
-        # Read-only: a uid-0 workload without capabilities still owns the
-        # /proc/PID files of the host's root processes (oom_score_adj...).
-        bind_mount(ctx, host_path("/proc"), target, BIND_READ_ONLY | kernel.MS_NOEXEC, op.kind, op.dest)
-        cover_proc(ctx, target, op.kind, op.dest, recursive=True)
-    elif op.kind == "dev":
-        mount_dev(ctx, target, op.dest)
-    else:
-        raise AssertionError(f"unknown mount op {op.kind}")
+def _detach_quietly(scratch: str) -> None:
+    try:
+        kernel.umount2(scratch, kernel.MNT_DETACH)
+    except OSError:
+        pass
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None, step: str, shown: str) -> None:
     try:
         kernel.mount(source, target, fstype, flags, data)
     except OSError as err:
-        raise LauncherError.from_os(step, shown, err) from None
+        raise _fail(step, shown, err, source) from None
 
 
-def ensure_target(target: str, is_dir: bool, step: str, shown: str) -> None:
-    """Create a missing mount point matching the source's kind; never touch an existing one.
+# ---------------------------------------------------------------- binds
 
-    ``target`` comes from :func:`sandbox_path`. Creation walks it from
-    /newroot one directory at a time without following symlinks, so a
-    component swapped for a symlink meanwhile (another sandbox sharing a
-    writable bind) fails the launch instead of redirecting the mkdir.
-    """
-    if os.path.lexists(target):
-        return
-    names = target[len(NEWROOT) :].strip("/").split("/")
-    directory = os.open(NEWROOT, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+def _bind(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR if step.is_dir else CREATE_FILE, 0o755 if step.is_dir else 0o444)
+    scratch = SCRATCH_DIR if step.is_dir else SCRATCH_FILE
     try:
-        for name in names[:-1]:
-            try:
-                os.mkdir(name, 0o755, dir_fd=directory)
-            except FileExistsError:
-                pass
-            below = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
-            os.close(directory)
-            directory = below
-        if is_dir:
-            os.mkdir(names[-1], 0o755, dir_fd=directory)
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(names[-1], flags, 0o444, dir_fd=directory))
+        bind_mount(ctx, host_path(step.source), scratch, _BIND_FLAGS[mount.kind], mount.kind, mount.dest, step.is_dir)
+    except BaseException:
+        os.close(target)
+        raise
+    if mount.fd is not None:
+        _check_same_inode(scratch, mount.fd, mount.dest)
+    attach(scratch, target, ctx, mount.kind, mount.dest)
+
+
+def _check_same_inode(scratch: str, fd: int, shown: str) -> None:
+    # --bind-fd: the fd was resolved to a path by the stub; whatever was at
+    # that path since is not what the caller gave us.
+    try:
+        wanted, mounted = os.fstat(fd), os.lstat(scratch)
     except OSError as err:
-        raise LauncherError.from_os(step, shown, err) from None
-    finally:
-        os.close(directory)
-
-
-def mount_tmpfs(target: str, step: str, shown: str) -> None:
-    _mount("tmpfs", target, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755", step, shown)
+        _detach_quietly(scratch)
+        raise _fail("bind-fd", shown, err) from None
+    if (wanted.st_dev, wanted.st_ino) != (mounted.st_dev, mounted.st_ino):
+        _detach_quietly(scratch)
+        raise LauncherError("bind-fd", shown, "Race condition binding dirfd")
 
 
 def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step: str, shown: str, recursive: bool = True) -> None:
@@ -200,18 +210,23 @@ def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step
     under a read-write bind.
     """
     _mount(source, target, None, kernel.MS_BIND | (kernel.MS_REC if recursive else 0), None, step, shown)
+    try:
+        add_mount_flags(ctx, target, add_flags, step, shown, recursive)
+    except LauncherError:
+        _detach_quietly(target)
+        raise
+
+
+def add_mount_flags(ctx: MountContext, target: str, add_flags: int, step: str, shown: str, recursive: bool) -> None:
     if not recursive:
-        # A single mount with no submounts: statvfs reads its flags directly,
-        # which saves reading and parsing mountinfo (six times for --dev).
+        # A single mount with no submounts: statvfs reads its flags directly.
         try:
             _remount(target, _flags_of_mount_at(target), add_flags)
         except OSError as err:
-            raise LauncherError.from_os(f"{step}: remount", shown, err) from None
+            raise _fail(f"{step}: remount", shown, err) from None
         return
     # The kernel adds the flags to the whole tree in one call, keeping what
-    # each mount has (attr_clr = 0): no mountinfo to read, no remount per
-    # submount (measured: ≈0.4 ms less for --ro-bind / / on this host), and
-    # no path lookups, so covered submounts are made read-only as well.
+    # each mount has (attr_clr = 0), covered submounts included.
     try:
         kernel.mount_setattr_add_recursive(target, add_flags)
         return
@@ -220,7 +235,7 @@ def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step
         # that does not know the syscall. The per-mount remount below does
         # the same with mount(2) (and fails on a real EPERM, naming it).
         if err.errno not in (errno.ENOSYS, errno.EPERM):
-            raise LauncherError.from_os(f"{step}: remount", shown, err) from None
+            raise _fail(f"{step}: remount", shown, err) from None
     remount_tree_by_mountinfo(ctx, target, add_flags, step, shown)
 
 
@@ -232,20 +247,20 @@ def remount_tree_by_mountinfo(ctx: MountContext, target: str, add_flags: int, st
         path = mountinfo.kernel_path(target, ctx.proc_fd)
         mounts = mountinfo.bind_and_submounts(mountinfo.read(ctx.proc_fd), path)
     except OSError as err:
-        raise LauncherError.from_os(f"{step}: mountinfo", shown, err) from None
+        raise _fail(f"{step}: mountinfo", shown, err) from None
     if not mounts:
         raise LauncherError(f"{step}: mountinfo", shown, "the new bind mount is not in mountinfo")
     bind, submounts = mounts[0], mounts[1:]
     try:
         _remount(path, bind.flags, add_flags)
     except OSError as err:
-        raise LauncherError.from_os(f"{step}: remount", shown, err) from None
+        raise _fail(f"{step}: remount", shown, err) from None
     for sub in submounts:
         try:
             _remount(sub.mount_point, sub.flags, add_flags)
         except OSError as err:
             if err.errno not in _TOLERATED_SUBMOUNT_ERRORS:
-                raise LauncherError.from_os(f"{step}: remount submount", _outside_newroot(sub.mount_point), err) from None
+                raise _fail(f"{step}: remount submount", sub.mount_point, err) from None
 
 
 _ST_NOSYMFOLLOW = 0x2000
@@ -269,48 +284,296 @@ def _remount(path: str, current: int, add_flags: int) -> None:
         kernel.mount("none", path, None, kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REMOUNT | wanted, None)
 
 
-def _outside_newroot(path: str) -> str:
-    return path[len(NEWROOT) :] or "/" if path.startswith(NEWROOT) else path
+def _remount_ro(step: Step, ctx: MountContext) -> None:
+    """bubblewrap's --remount-ro: the mount at dest, and only it, read-only."""
+    mount = step.mount
+    target = _target(mount, None)
+    try:
+        link = _FD_LINKS + str(target)
+        if not mountinfo.is_mount_root(target, ctx.proc_fd):
+            raise LauncherError(mount.kind, mount.dest, "not a mount point")
+        _remount(link, _flags_of_mount_at(link), kernel.MS_RDONLY)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    finally:
+        os.close(target)
 
 
-def cover_proc(ctx: MountContext, proc_target: str, step: str, shown: str, recursive: bool) -> None:
+# ---------------------------------------------------------------- file systems
+
+
+def _tmpfs(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR)
+    options = f"mode={0o755 if mount.perms is None else mount.perms:04o}"
+    if mount.size:
+        options += f",size={mount.size}"
+    _mount_new(ctx, "tmpfs", "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, options, target, mount)
+
+
+def _mqueue(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    _mount_new(ctx, "mqueue", "mqueue", 0, None, _target(mount, CREATE_DIR), mount)
+
+
+def _mount_new(ctx: MountContext, source: str, fstype: str, flags: int, data: str | None, target: int, mount: sandbox.Mount) -> None:
+    try:
+        _mount(source, SCRATCH_DIR, fstype, flags, data, mount.kind, mount.dest)
+    except BaseException:
+        os.close(target)
+        raise
+    attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
+
+
+def _proc(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR)
+    try:
+        if mount.kind == sandbox.PROC and ctx.pid_namespace:
+            flags = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+            _mount("proc", SCRATCH_DIR, "proc", flags, None, mount.kind, mount.dest)
+        else:
+            # --host-proc, or --proc without a PID namespace of our own
+            # (bubblewrap then binds the host's, which shows the same
+            # processes). --host-proc is read-only: a uid-0 workload
+            # without capabilities still owns the /proc/PID files of the
+            # host's root processes (oom_score_adj...).
+            flags = BIND_READ_ONLY | kernel.MS_NOEXEC if mount.kind == sandbox.HOST_PROC else BIND_READ_WRITE
+            bind_mount(ctx, host_path("/proc"), SCRATCH_DIR, flags, mount.kind, mount.dest)
+        _cover_proc(ctx, mount)
+    except BaseException:
+        _detach_quietly(SCRATCH_DIR)
+        os.close(target)
+        raise
+    attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
+
+
+def _cover_proc(ctx: MountContext, mount: sandbox.Mount) -> None:
     for name in PROC_COVERS:
-        path = f"{proc_target}/{name}"
+        path = f"{SCRATCH_DIR}/{name}"
         # No access(W_OK) shortcut as in bubblewrap: procfs refuses write
         # access to the /proc/sys directory itself, yet the sysctl files in it
         # are writable by uid 0 without any capability (the root workload).
         if not os.path.lexists(path):
             continue
-        bind_mount(ctx, path, path, BIND_READ_ONLY, f"{step}: cover", f"{shown}/{name}", recursive)
+        recursive = stat.S_ISDIR(os.lstat(path).st_mode)
+        bind_mount(ctx, path, path, BIND_READ_ONLY, f"{mount.kind}: cover", f"{mount.dest}/{name}", recursive)
 
 
-def mount_dev(ctx: MountContext, target: str, shown: str) -> None:
-    ensure_target(target, True, "dev", shown)
-    mount_tmpfs(target, "dev", shown)
-    for name in DEVICE_NODES:
-        source = host_path("/dev/" + name)
-        if not os.path.exists(source):
-            continue
-        node = f"{target}/{name}"
-        ensure_target(node, False, "dev", f"{shown}/{name}")
-        bind_mount(ctx, source, node, BIND_DEVICES, "dev", f"{shown}/{name}", recursive=False)
+def _dev(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR)
     try:
+        _build_dev(ctx, mount.dest)
+    except BaseException:
+        _detach_quietly(SCRATCH_DIR)
+        os.close(target)
+        raise
+    attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
+
+
+def _build_dev(ctx: MountContext, shown: str) -> None:
+    _mount("tmpfs", SCRATCH_DIR, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=0755", "dev", shown)
+    nodes = [(name, "/dev/" + name) for name in DEVICE_NODES]
+    if ctx.tty_path:
+        # stdout's terminal as /dev/console: no more access than the
+        # workload already has through fd 1, and ttyname() works inside.
+        nodes.append(("console", ctx.tty_path))
+    try:
+        for name, host in nodes:
+            source = host_path(host)
+            if not os.path.exists(source):
+                continue
+            node = f"{SCRATCH_DIR}/{name}"
+            os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+            bind_mount(ctx, source, node, BIND_DEVICE_NODE, "dev", f"{shown}/{name}", recursive=False)
         for name, link in DEV_SYMLINKS:
-            os.symlink(link, f"{target}/{name}")
-        os.mkdir(f"{target}/shm", 0o755)
-        os.mkdir(f"{target}/pts", 0o755)
+            os.symlink(link, f"{SCRATCH_DIR}/{name}")
+        os.mkdir(f"{SCRATCH_DIR}/shm", 0o755)
+        os.mkdir(f"{SCRATCH_DIR}/pts", 0o755)
     except OSError as err:
-        raise LauncherError.from_os("dev", shown, err) from None
+        raise _fail("dev", shown, err) from None
     _mount(
         "devpts",
-        f"{target}/pts",
+        f"{SCRATCH_DIR}/pts",
         "devpts",
         kernel.MS_NOSUID | kernel.MS_NOEXEC,
         "newinstance,ptmxmode=0666,mode=620",
         "dev: devpts",
         f"{shown}/pts",
     )
-    if ctx.tty_path:
-        console = f"{target}/console"
-        ensure_target(console, False, "dev", f"{shown}/console")
-        bind_mount(ctx, host_path(ctx.tty_path), console, BIND_DEVICES, "dev: console", ctx.tty_path, recursive=False)
+
+
+def _overlay(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR)
+    options = []
+    if mount.kind == sandbox.OVERLAY:
+        options += ["upperdir=" + _escape(host_path(step.source)), "workdir=" + _escape(host_path(step.work))]
+    elif mount.kind == sandbox.TMP_OVERLAY:
+        upper, work = _tmp_overlay_dirs(ctx, mount)
+        options += ["upperdir=" + upper, "workdir=" + work]
+    options.append("lowerdir=" + ":".join(_escape(host_path(path)) for path in step.lower))
+    options.append("userxattr")
+    data = ",".join(options)
+    try:
+        kernel.mount("overlay", SCRATCH_DIR, "overlay", 0, data)
+    except OSError as err:
+        os.close(target)
+        if err.errno == errno.ELOOP:  # "Too many levels of symbolic links" says nothing useful here
+            raise LauncherError(mount.kind, mount.dest, "Overlay directories may not overlap") from None
+        raise _fail(mount.kind, mount.dest, err, data) from None
+    attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
+
+
+def _tmp_overlay_dirs(ctx: MountContext, mount: sandbox.Mount) -> tuple[str, str]:
+    # In the staging tmpfs: the writes are invisible to everyone, and gone
+    # with the sandbox's mount namespace.
+    index = ctx.tmp_overlays
+    ctx.tmp_overlays += 1
+    upper, work = f"/tmp-overlay-upper-{index}", f"/tmp-overlay-work-{index}"
+    try:
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o755)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    return upper, work
+
+
+def _escape(path: str) -> str:
+    # Overlay options split on "," and lowerdir on ":"; a backslash escapes.
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+# ---------------------------------------------------------------- files, directories, links
+
+
+def _dir(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, CREATE_DIR, 0o755 if mount.perms is None else mount.perms)
+    try:
+        if not stat.S_ISDIR(os.fstat(target).st_mode):
+            raise LauncherError.from_os(mount.kind, mount.dest, OSError(errno.ENOTDIR, ""))
+    finally:
+        os.close(target)
+
+
+def _file(step: Step, ctx: MountContext) -> None:
+    """--file: a new file holding the data (bubblewrap creat()s it, mode 0666 unless --perms)."""
+    mount = step.mount
+    perms = 0o666 if mount.perms is None else mount.perms
+    target = _target(mount, CREATE_FILE, perms)
+    try:
+        fd = os.open(_FD_LINKS + str(target), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    finally:
+        os.close(target)
+    try:
+        _write_data(fd, mount)
+    finally:
+        os.close(fd)
+
+
+def _bind_data(step: Step, ctx: MountContext) -> None:
+    """--bind-data/--ro-bind-data: the data in a file of the staging tmpfs, bound on dest."""
+    mount = step.mount
+    perms = 0o600 if mount.perms is None else mount.perms
+    staged = "/bind-data"
+    try:
+        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    try:
+        os.fchmod(fd, perms)
+        _write_data(fd, mount)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    finally:
+        os.close(fd)
+    target = _target(mount, CREATE_FILE, 0o444)
+    flags = BIND_READ_ONLY if mount.kind == sandbox.RO_BIND_DATA else BIND_READ_WRITE
+    try:
+        bind_mount(ctx, staged, SCRATCH_FILE, flags, mount.kind, mount.dest, recursive=False)
+    except BaseException:
+        os.close(target)
+        raise
+    finally:
+        os.unlink(staged)  # only the mount holds it now
+    attach(SCRATCH_FILE, target, ctx, mount.kind, mount.dest)
+
+
+def _write_data(fd: int, mount: sandbox.Mount) -> None:
+    try:
+        if mount.data is not None:
+            view = memoryview(mount.data)
+            while view:
+                view = view[os.write(fd, view) :]
+            return
+        while chunk := os.read(mount.fd, _CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+
+
+def _symlink(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    try:
+        parent, name = open_parent_in_root(NEWROOT, mount.dest)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    try:
+        os.symlink(mount.source, name, dir_fd=parent)
+    except FileExistsError:
+        _check_existing_symlink(parent, name, mount)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    finally:
+        os.close(parent)
+
+
+def _check_existing_symlink(parent: int, name: str, mount: sandbox.Mount) -> None:
+    # As bubblewrap: the same link already there is fine, anything else is not.
+    try:
+        existing = os.readlink(name, dir_fd=parent)
+    except OSError as err:
+        if err.errno == errno.EINVAL:
+            raise LauncherError(mount.kind, mount.dest, "destination exists and is not a symlink") from None
+        raise _fail(mount.kind, mount.dest, err) from None
+    if existing != mount.source:
+        raise LauncherError(mount.kind, mount.dest, f"existing destination is {existing}")
+
+
+def _chmod(step: Step, ctx: MountContext) -> None:
+    mount = step.mount
+    target = _target(mount, None)
+    try:
+        os.chmod(_FD_LINKS + str(target), mount.perms)
+    except OSError as err:
+        raise _fail(mount.kind, mount.dest, err) from None
+    finally:
+        os.close(target)
+
+
+_APPLY = {
+    sandbox.BIND: _bind,
+    sandbox.RO_BIND: _bind,
+    sandbox.DEV_BIND: _bind,
+    sandbox.REMOUNT_RO: _remount_ro,
+    sandbox.TMPFS: _tmpfs,
+    sandbox.PROC: _proc,
+    sandbox.HOST_PROC: _proc,
+    sandbox.DEV: _dev,
+    sandbox.MQUEUE: _mqueue,
+    sandbox.DIR: _dir,
+    sandbox.FILE: _file,
+    sandbox.BIND_DATA: _bind_data,
+    sandbox.RO_BIND_DATA: _bind_data,
+    sandbox.SYMLINK: _symlink,
+    sandbox.CHMOD: _chmod,
+    sandbox.OVERLAY: _overlay,
+    sandbox.TMP_OVERLAY: _overlay,
+    sandbox.RO_OVERLAY: _overlay,
+}

@@ -6,10 +6,12 @@ runs in PID 1, in a fresh mount namespace, before the worker exists:
 1. ``/`` becomes MS_SLAVE|MS_REC: host mount events still flow in, nothing
    we mount flows out to the host.
 2. A tmpfs on ``/tmp`` (of this namespace only) is the staging root; in it
-   ``newroot`` (bound onto itself, so it is a mount point pivot_root accepts)
-   and ``oldroot``. ``pivot_root(/tmp, oldroot)`` puts the host root at
+   ``newroot`` (bound onto itself, so it is a mount point pivot_root accepts),
+   ``oldroot``, and the scratch points where mounts are built before they
+   are moved into place. ``pivot_root(/tmp, oldroot)`` puts the host root at
    ``/oldroot``.
-3. Every mount op reads under ``/oldroot`` and writes under ``/newroot``.
+3. Every mount op reads under ``/oldroot`` and writes under ``/newroot``
+   (mount/ops.py).
 4. ``/oldroot`` is made rprivate (else the detach would propagate unmount
    events to the host) and lazily detached.
 5. ``pivot_root(".", ".")`` inside ``/newroot`` stacks the old staging root
@@ -26,16 +28,16 @@ from srt_launcher.mount import ops
 STAGING = "/tmp"
 
 
-def build(mount_ops: list[ops.MountOp], tty_path: str | None) -> None:
+def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool) -> None:
     _step("make / a slave", "/", kernel.mount, None, "/", None, kernel.MS_SILENT | kernel.MS_SLAVE | kernel.MS_REC)
     # The host procfs, kept open across the pivot: every bind needs mountinfo,
     # and the sandbox may have no /proc of its own yet (or ever).
     proc_fd = _step("open /proc", "/proc", os.open, "/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _enter_staging()
-        ctx = ops.MountContext(proc_fd, tty_path)
-        for op in mount_ops:
-            ops.apply(op, ctx)
+        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace)
+        for step in steps:
+            ops.apply(step, ctx)
         _detach_old_root()
         _switch_to_new_root()
     finally:
@@ -55,8 +57,14 @@ def _enter_staging() -> None:
     _step("staging", "newroot", os.mkdir, "newroot", 0o755)
     _step("staging", "newroot", kernel.mount, "newroot", "newroot", None, kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REC)
     _step("staging", "oldroot", os.mkdir, "oldroot", 0o755)
+    _step("staging", "scratch", os.mkdir, ops.SCRATCH_DIR.lstrip("/"), 0o755)
+    _step("staging", "scratch", _make_file, ops.SCRATCH_FILE.lstrip("/"))
     _step("pivot_root", STAGING, kernel.pivot_root, STAGING, "oldroot")
     _step("staging", "/", os.chdir, "/")
+
+
+def _make_file(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
 
 
 def _detach_old_root() -> None:

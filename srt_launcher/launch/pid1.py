@@ -1,0 +1,443 @@
+"""PID 1 of the sandbox and the worker it forks: the inside half of the process tree.
+
+PID 1 (in the sandbox's PID namespace, when it has one) builds the sandbox's
+mount namespace and root, then forks the worker and reaps until it exits —
+or, without a reaper (bubblewrap's --as-pid-1, or no PID namespace), becomes
+the worker itself. The worker execs the command. Neither prints anything:
+errors go to the stub as records (launch/report.py), since after pivot_root
+nothing may need an import and the stub's front end words the message.
+"""
+
+import errno
+import os
+import time
+
+import _signal
+import _socket
+
+from srt_launcher import kernel, privileges, sandbox
+from srt_launcher.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND, SETUP_FAILED, LauncherError
+from srt_launcher.launch import namespaces, report, signals
+from srt_launcher.mount import ops, root
+
+# Python itself sets these to SIG_IGN at startup, and ignored signals survive
+# exec: the workload must get the default back (as subprocess does).
+_IGNORED_BY_PYTHON = (_signal.SIGPIPE, _signal.SIGXFSZ)
+TIMEOUT_STATUS = 124
+# The kernel SIGKILLs a process at its hard RLIMIT_CPU, measured by the
+# scheduler; the rusage it reports can fall short of the limit by a tick or so.
+_CPU_SLACK = 0.05
+
+
+class Plan:
+    """What the stub prepared for PID 1: everything read or resolved before
+    any namespace existed, so PID 1 and the worker only apply it."""
+
+    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status")
+
+    def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[bytes], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
+        self.box = box
+        self.steps = steps
+        self.programs = programs
+        self.env = env
+        self.cwd = cwd
+        self.tty = tty
+        self.caller_mask = caller_mask
+        self.alive: int = -1  # read end of the stub's pipe: EOF once the stub is gone
+        self.channel: _socket.socket | None = None
+        self.status = box.json_status_fd is not None  # the stub wants the N, W and X records
+
+
+def main(plan: Plan) -> None:
+    """PID 1: never returns."""
+    code = SETUP_FAILED
+    try:
+        code = _pid1(plan)
+    except LauncherError as err:
+        report.send_error(plan.channel, err)
+        code = err.exit_code
+    except BaseException as err:  # never unwind into the stub's code
+        report.send_error(plan.channel, LauncherError("internal error", None, repr(err)))
+    finally:
+        os._exit(code)
+
+
+def _pid1(plan: Plan) -> int:
+    box = plan.box
+    if box.die_with_parent:
+        privileges.set_parent_death_signal(_signal.SIGKILL)  # PDEATHSIG is cleared by fork
+        if _stub_is_gone(plan.alive, wait=False):
+            return SETUP_FAILED
+    if box.new_session:
+        os.setsid()  # no controlling terminal: the TIOCSTI defence
+    _unshare_mount_namespace(plan)
+    if box.userns_block_fd is not None and _stub_is_gone(plan.alive, wait=True):
+        return SETUP_FAILED  # the stub waited for the caller's uid maps, then died
+    os.close(plan.alive)
+    caller_umask = os.umask(0)  # mount points are created with exact modes
+    if box.hostname is not None:
+        _set_hostname(box.hostname)
+    _import_what_the_sandbox_needs(box, plan.status)
+    proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        root.build(plan.steps, plan.tty, box.pid)
+        _switch_user_namespace(box, proc_fd)
+    finally:
+        os.close(proc_fd)
+    _close_operation_fds(box)
+    locks = _take_locks(box.lock_files)
+    _set_capabilities_for_the_worker(box)
+    if box.block_fd is not None:
+        _wait_on(box.block_fd)
+    env = plan.env
+    env["PWD"] = _enter_working_dir(box.chdir, plan.cwd, env.get("HOME"))
+    if not box.reaper:
+        _worker(plan, caller_umask)  # never returns
+    worker = os.fork()
+    if worker == 0:
+        _worker(plan, caller_umask)
+    started = time.monotonic()
+    if box.caps:
+        # PID 1 never execs: emptying its own sets is enough (and its
+        # bounding set may be out of reach, CAP_SETPCAP not being kept).
+        kernel.clear_ambient_capabilities()
+        kernel.capset_clear()
+    kernel.close_fds_except([plan.channel.fileno(), *locks, *([box.sync_fd] if box.sync_fd is not None else [])])
+    return _supervise(plan, worker, started)
+
+
+def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
+    """Import now what PID 1 and the worker use later: after the pivot the
+    host's Python library may not be there to import from."""
+    if status or box.rlimits:
+        import resource  # noqa: F401  (setrlimit, getrusage; os.wait4 imports it too)
+    if box.lock_files:
+        import fcntl  # noqa: F401
+
+
+def _stub_is_gone(alive: int, wait: bool) -> bool:
+    """EOF on the pipe the stub holds: it died (before PDEATHSIG was armed,
+    or while PID 1 waited for it)."""
+    os.set_blocking(alive, wait)
+    try:
+        return os.read(alive, 1) == b""
+    except BlockingIOError:
+        return False
+
+
+def _unshare_mount_namespace(plan: Plan) -> None:
+    # Here and not in the stub: pivot_root moves the root of every process
+    # of the mount namespace, and the stub must stay in the host's.
+    try:
+        kernel.unshare(kernel.CLONE_NEWNS)
+    except OSError as err:
+        raise LauncherError.from_os("unshare", "mount", err) from None
+    if plan.status or plan.box.info_fd is not None:
+        report.send(plan.channel, report.MOUNT_NAMESPACE, str(os.stat("/proc/self/ns/mnt").st_ino).encode())
+
+
+def _set_hostname(name: str) -> None:
+    try:
+        _socket.sethostname(name)
+    except OSError as err:
+        raise LauncherError.from_os("hostname", name, err) from None
+
+
+def _switch_user_namespace(box: sandbox.Sandbox, proc_fd: int) -> None:
+    """bubblewrap's user namespace steps after the pivot: --userns2, --disable-userns, --assert-userns-disabled."""
+    if box.userns2_fd is not None:
+        try:
+            kernel.setns(box.userns2_fd, kernel.CLONE_NEWUSER)
+        except OSError as err:
+            raise LauncherError.from_os("setns", "userns2", err) from None
+    if box.disable_userns:
+        _disable_user_namespaces(box, proc_fd)
+    if box.disable_userns or box.assert_userns_disabled:
+        try:
+            kernel.unshare(kernel.CLONE_NEWUSER)
+        except OSError:
+            return
+        raise LauncherError("disable-userns", None, "creation of new user namespaces was not disabled as requested")
+
+
+def _disable_user_namespaces(box: sandbox.Sandbox, proc_fd: int) -> None:
+    # The limit is per user namespace: set in ours, then a nested one is
+    # entered, whose workload cannot raise its parent's limit again.
+    try:
+        fd = os.open("sys/user/max_user_namespaces", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+        kernel.unshare(kernel.CLONE_NEWUSER)
+    except OSError as err:
+        raise LauncherError.from_os("disable-userns", "user.max_user_namespaces = 1", err) from None
+    uid, gid = os.getuid(), os.getgid()
+    namespaces.map_ids(uid, uid, gid, gid, "self", proc_fd)
+
+
+def _close_operation_fds(box: sandbox.Sandbox) -> None:
+    # Descriptors the caller gave for one operation (--file, --bind-fd...)
+    # are spent: the workload does not get them.
+    for mount in box.mounts:
+        if mount.fd is not None:
+            try:
+                os.close(mount.fd)
+            except OSError:
+                pass
+
+
+def _take_locks(paths: list[str]) -> list[int]:
+    """bubblewrap's --lock-file: a read lock on each, held by PID 1 for the sandbox's life."""
+    import fcntl  # imported before the pivot (_import_what_the_sandbox_needs)
+
+    held = []
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as err:
+            raise LauncherError.from_os("lock-file", path, err) from None
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as err:
+            raise LauncherError.from_os("lock-file", path, err) from None
+        held.append(fd)
+    return held
+
+
+def _set_capabilities_for_the_worker(box: sandbox.Sandbox) -> None:
+    # The mounts were the last thing that needed a capability. Setting the
+    # worker's set before the fork leaves the worker nothing to do (it
+    # inherits them); PID 1 then drops its own.
+    if box.caps:
+        privileges.keep_only_capabilities(box.caps)
+    else:
+        privileges.drop_all_capabilities()
+
+
+def _wait_on(fd: int) -> None:
+    try:
+        os.read(fd, 1)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _enter_working_dir(chdir: str | None, cwd: str | None, home: str | None) -> str:
+    if chdir is not None:
+        try:
+            os.chdir(chdir)
+        except OSError as err:
+            raise LauncherError.from_os("chdir", chdir, err) from None
+        return chdir
+    for candidate in (cwd, home, "/"):
+        if candidate:
+            try:
+                os.chdir(candidate)
+                return candidate
+            except OSError:
+                continue
+    return "/"
+
+
+# ---------------------------------------------------------------- reaping and the end record
+
+
+def _supervise(plan: Plan, worker: int, started: float) -> int:
+    box = plan.box
+    wait = _Wait4() if plan.status else os.waitpid
+    supervisor = signals.Supervisor(worker, forward=box.forward_signals, wait=wait)
+    deadline = None if box.timeout is None else started + box.timeout
+    status = supervisor.run(deadline, time.monotonic)
+    ended = time.monotonic()
+    if status == signals.TIMED_OUT:
+        _kill_everything()
+        code, end = TIMEOUT_STATUS, ("timeout", 0, "")
+    else:
+        code = signals.exit_status(status)
+        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        end = ("signaled" if signum else "exited", signum, "")
+    if plan.status:
+        _kill_everything()  # so that the resource usage counts every process of the sandbox
+        limit = _limit_that_killed(box, end[1], wait.usage.get(worker)) if isinstance(wait, _Wait4) else ""
+        _send_end(plan, end[0], end[1], limit, ended - started)
+    return code
+
+
+class _Wait4:
+    """waitpid that keeps each child's resource usage (for the rlimit attribution)."""
+
+    def __init__(self) -> None:
+        self.usage: dict = {}
+
+    def __call__(self, pid: int, options: int) -> tuple[int, int]:
+        child, status, usage = os.wait4(pid, options)
+        if child:
+            self.usage[child] = usage
+        return child, status
+
+
+def _kill_everything() -> None:
+    # kill(-1) from PID 1 of a PID namespace reaches every other process in
+    # it (and only those); then each is reaped, so none outlives the launch.
+    try:
+        os.kill(-1, _signal.SIGKILL)
+    except OSError:
+        pass
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type: ignore[no-untyped-def]
+    if signum == _signal.SIGXCPU:
+        return "cpu"
+    if signum == _signal.SIGXFSZ:
+        return "fsize"
+    cpu = box.rlimits.get(sandbox.RLIMITS["cpu"])
+    if signum == _signal.SIGKILL and cpu is not None and usage is not None and cpu[1] != sandbox.RLIM_INFINITY:
+        used = usage.ru_utime + usage.ru_stime
+        if used >= cpu[1] * (1 - _CPU_SLACK) - 0.01:
+            return "cpu"
+    return ""
+
+
+
+def _send_end(plan: Plan, cause: str, signum: int, limit: str, wall: float) -> None:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    end = report.End(cause, signum, limit, wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
+    report.send(plan.channel, report.END, end.encode())
+
+
+# ---------------------------------------------------------------- the worker
+
+
+def _worker(plan: Plan, caller_umask: int) -> None:
+    """Set up the command's process and exec it; never returns."""
+    code = SETUP_FAILED
+    box = plan.box
+    try:
+        if box.die_with_parent and box.reaper:
+            privileges.set_parent_death_signal(_signal.SIGKILL)  # a reaper outside a PID namespace may die alone
+        if plan.status and box.reaper:
+            report.send_worker_started(plan.channel)
+        _restore_default_signals()
+        _close_launcher_fds(plan)
+        os.umask(caller_umask)
+        _set_rlimits(box.rlimits)
+        for program in plan.programs:
+            _install_seccomp(program)
+        # From here a held signal (sent before the worker existed) kills us.
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, plan.caller_mask)
+        exec_command(box.command, plan.env, box.argv0)
+    except LauncherError as err:
+        report.send_error(plan.channel, err)
+        code = err.exit_code
+    except BaseException as err:
+        report.send_error(plan.channel, LauncherError("internal error", None, repr(err)))
+    finally:
+        os._exit(code)
+
+
+def _restore_default_signals() -> None:
+    """Undo what the interpreter did to signal dispositions, and only that.
+
+    Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec; it
+    also catches SIGINT (KeyboardInterrupt), which would fire here, before
+    exec, when the held signals are unblocked. A signal the caller itself
+    ignored (nohup, a background job's SIGINT) stays ignored.
+    """
+    for signum in _IGNORED_BY_PYTHON:
+        _signal.signal(signum, _signal.SIG_DFL)
+    for signum in signals.FORWARDED:
+        if callable(_signal.getsignal(signum)):
+            _signal.signal(signum, _signal.SIG_DFL)
+
+
+def _close_launcher_fds(plan: Plan) -> None:
+    """Nothing of the launcher's (pipes, the /proc handle) reaches the workload;
+    the caller's own descriptors only where the front end passes them on."""
+    box = plan.box
+    keep = [plan.channel.fileno()]  # close-on-exec: here until exec succeeds, for an error record
+    if box.inherit_fds:
+        spent = [box.info_fd, box.json_status_fd, box.block_fd, box.userns_block_fd, box.userns_fd, box.userns2_fd, box.pidns_fd]
+        if box.reaper:
+            spent.append(box.sync_fd)  # PID 1 holds it; bubblewrap leaks it only with --as-pid-1
+        for fd in spent:
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        return
+    kernel.close_fds_except(keep)
+
+
+def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
+    if not rlimits:
+        return
+    import resource  # imported before the pivot (_import_what_the_sandbox_needs)
+
+    for which, (soft, hard) in rlimits.items():
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (OSError, ValueError) as err:
+            name = sandbox.RLIMIT_NAMES.get(which, str(which))
+            reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err)
+            raise LauncherError("rlimit", name, reason) from None
+
+
+
+
+def _install_seccomp(program: bytes) -> None:
+    try:
+        kernel.seccomp_set_filter(program)
+    except OSError as err:
+        raise LauncherError.from_os("seccomp", "install filter", err) from None
+
+
+def exec_command(argv: list[str], env: dict[str, str], argv0: str | None = None) -> None:
+    """execvp semantics: search $PATH of the workload's environment; EACCES is
+    remembered and the search goes on, and a file without a #! line (ENOEXEC)
+    is run by /bin/sh, as glibc's execvp does."""
+    name = argv[0]
+    if not name:
+        raise LauncherError("exec ''", None, "No such file or directory", EXEC_NOT_FOUND, errno=errno.ENOENT)
+    args = list(argv)
+    if argv0 is not None:
+        args[0] = argv0
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+        candidates = [os.path.join(directory or ".", name) for directory in path.split(":")]
+    denied: OSError | None = None
+    last: OSError | None = None
+    for candidate in candidates:
+        try:
+            os.execve(candidate, args, env)
+        except OSError as err:
+            if err.errno == errno.ENOEXEC:
+                _exec_as_shell_script(candidate, args, env)
+            last = err
+            if err.errno == errno.EACCES:
+                denied = err
+            elif err.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.ESTALE, errno.ENODEV, errno.ETIMEDOUT):
+                break
+    failure = denied if denied is not None and (last is None or last.errno in (errno.ENOENT, errno.ENOTDIR)) else last
+    assert failure is not None
+    code = EXEC_NOT_FOUND if failure.errno in (errno.ENOENT, errno.ENOTDIR) else EXEC_NOT_EXECUTABLE
+    raise LauncherError.from_os(f"exec {name}", None, failure, code)
+
+
+def _exec_as_shell_script(path: str, args: list[str], env: dict[str, str]) -> None:
+    try:
+        os.execve("/bin/sh", ["/bin/sh", path, *args[1:]], env)
+    except OSError:
+        pass  # no shell inside: the original ENOEXEC is reported

@@ -1,0 +1,384 @@
+"""The stub: the launcher's own process, outside the sandbox (SPEC §2.2).
+
+It checks and prepares everything that can fail before any namespace exists,
+enters the network namespace (relays are forked there), then the PID and the
+other namespaces, forks PID 1, and waits for it while passing signals on.
+"""
+
+import os
+import stat
+
+import _signal
+
+from srt_launcher import kernel, privileges, sandbox
+from srt_launcher.errors import SETUP_FAILED, LauncherError
+from srt_launcher.launch import namespaces, pid1, report, signals
+from srt_launcher.mount import ops
+
+
+def launch(box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> int:
+    """Launch ``box``; return the launch's exit status (SPEC §2.7).
+
+    Raises LauncherError when the workload never ran (setup or exec
+    failure), after the status fd has said so.
+    """
+    stub = _Stub(box, caller_mask, parent)
+    try:
+        code = stub.run()
+    except LauncherError as err:
+        stub.write_end(err.exit_code, None, err)
+        raise
+    return code
+
+
+class _Stub:
+    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "mount_ns", "_alive")
+
+    def __init__(self, box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> None:
+        self.box = box
+        self.caller_mask = caller_mask
+        self.parent = parent
+        self.relays: list[int] = []
+        self.live_relays: set[int] = set()
+        self.channel = None
+        self.records: list = []
+        self.started = False  # the first status record is written
+        self.mount_ns: int | None = None
+        self._alive = -1  # write end of the pipe PID 1 watches: closed when the stub dies
+
+    # ------------------------------------------------------------ the sequence
+
+    def run(self) -> int:
+        box = self.box
+        _refuse_setid()
+        plan = pid1.Plan(box, [], [], {}, _current_dir(), _stdout_tty(), self.caller_mask)
+        # An inherited SIG_IGN for SIGCHLD would make the kernel auto-reap our
+        # children: waitpid would then never report PID 1's status.
+        _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+        privileges.set_no_new_privs()
+        if box.die_with_parent:
+            privileges.set_parent_death_signal(_signal.SIGKILL)
+            if os.getppid() != self.parent:
+                # The caller died before PDEATHSIG was armed, so it will never fire:
+                # end as if it had.
+                return 128 + _signal.SIGKILL
+        if box.relays:
+            # A relay's descendants outlive it by a moment when its process
+            # group is killed; as a subreaper the stub inherits and reaps them.
+            privileges.set_child_subreaper()
+        plan.steps = plan_mounts(box.mounts)
+        plan.programs = _seccomp_programs(box.seccomp)
+        plan.env = environment(box.env)
+        self.channel, plan.channel = report.channel()
+        try:
+            pid = self._enter_namespaces_and_fork(plan)
+        except BaseException:
+            self._kill_relays()
+            raise
+        return self._supervise(pid, plan)
+
+    def _enter_namespaces_and_fork(self, plan: pid1.Plan) -> int:
+        box = self.box
+        identity = namespaces.Identity(box)
+        mode = box.user
+        if mode == sandbox.USERNS_TRY:
+            mode = sandbox.USERNS_YES if namespaces.user_namespaces_available() else sandbox.USERNS_NO
+        if box.userns_fd is not None:
+            _join(box.userns_fd, kernel.CLONE_NEWUSER, "userns")
+            mode = sandbox.USERNS_NO
+        in_user_ns = False
+        if box.net or mode == sandbox.USERNS_YES:
+            in_user_ns = namespaces.unshare(kernel.CLONE_NEWNET if box.net else 0, mode, identity)
+            if box.net:
+                self._loopback_and_relays()
+        if in_user_ns:
+            mode = sandbox.USERNS_NO
+        if box.pidns_fd is not None:
+            _join(box.pidns_fd, kernel.CLONE_NEWPID, "pidns")
+        namespaces.unshare(_phase_two_flags(box), mode, identity)
+        # Non-dumpable: /proc/PID of PID 1 (and the relays) belongs to root and
+        # cannot be ptraced by a workload of the same uid (SPEC §2.2).
+        privileges.set_undumpable()
+        alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            os.close(alive_write)
+            self.channel.close()
+            plan.alive = alive_read
+            pid1.main(plan)
+        os.close(alive_read)
+        plan.channel.close()
+        self._alive = alive_write
+        return pid
+
+    def _loopback_and_relays(self) -> None:
+        from srt_launcher.launch import network
+
+        network.bring_up_loopback()
+        if not self.box.relays:
+            return
+        from srt_launcher.relay import inside
+
+        # Before the fork, not in each relay: the flag is inherited, so no relay
+        # is ever dumpable, however late the scheduler runs it. setgroups and the
+        # uid/gid maps (the stub's only writes to /proc/self) are done by now.
+        privileges.set_undumpable()
+        self.relays = inside.start_relays(self.box.relays)
+        self.live_relays = set(self.relays)
+
+    def _supervise(self, pid: int, plan: pid1.Plan) -> int:
+        box = self.box
+        wants_worker = box.json_status_fd is not None and box.status_child == sandbox.CHILD_IS_WORKER and box.reaper
+        if box.info_fd is not None or (box.json_status_fd is not None and not wants_worker):
+            self._wait_for_record(report.MOUNT_NAMESPACE)
+            self.write_start(pid)
+        if box.userns_block_fd is not None:
+            _read_one_byte(box.userns_block_fd)
+            os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
+        if wants_worker:
+            _notify_on_records(self.channel)
+        _close_caller_fds(box, [self.channel.fileno(), self._alive, *_optional(box.json_status_fd)])
+        privileges.drop_all_capabilities()
+        supervisor = signals.Supervisor(
+            pid, forward=box.forward_signals, on_other_exit=self.live_relays.discard, on_io=self._on_records if wants_worker else None
+        )
+        status = signals.exit_status(supervisor.run())
+        self._kill_relays()
+        os.close(self._alive)
+        return self._outcome(status, pid)
+
+    def _outcome(self, status: int, pid: int) -> int:
+        self._on_records()
+        error = end = None
+        for kind, payload, _ in self.records:
+            if kind == report.ERROR and error is None:
+                error = LauncherError.decode(payload)
+            elif kind == report.END:
+                end = report.End.decode(payload)
+        if error is not None:
+            raise error
+        self.write_end(status, end, None)
+        return status
+
+    # ------------------------------------------------------------ records and status
+
+    def _on_records(self) -> None:
+        for record in report.receive(self.channel):
+            kind, payload, sender = record
+            if kind == report.MOUNT_NAMESPACE:
+                self.mount_ns = int(payload) if payload.isdigit() else None
+            elif kind == report.WORKER:
+                if not self.started:
+                    self.write_start(sender)
+            else:
+                self.records.append(record)
+
+    def _wait_for_record(self, kind: bytes) -> None:
+        """Block until PID 1 sends ``kind`` (or dies): the signals stay held meanwhile."""
+        self.channel.setblocking(True)
+        try:
+            while self.mount_ns is None:
+                data = self.channel.recv(65536)
+                if not data:
+                    return
+                if data[:1] == kind:
+                    self.mount_ns = int(data[1:]) if data[1:].isdigit() else None
+                    return
+                self.records.append((data[:1], data[1:], None))
+        finally:
+            self.channel.setblocking(False)
+
+    def write_start(self, child: int | None) -> None:
+        box = self.box
+        self.started = True
+        if child is None:
+            return
+        fields: dict = {"child-pid": child}
+        fields.update(report.namespace_ids(_unshared(box), self.mount_ns))
+        if box.info_fd is not None:
+            _write_status(box.info_fd, report.info_document(fields), close=True)
+        if box.json_status_fd is not None:
+            _write_status(box.json_status_fd, report.json_line(fields), close=False)
+
+    def write_end(self, code: int, end: "report.End | None", error: LauncherError | None) -> None:
+        fd = self.box.json_status_fd
+        if fd is None:
+            return
+        _write_status(fd, report.json_line(report.end_fields(code, end, error)), close=True)
+
+    # ------------------------------------------------------------ relays
+
+    def _kill_relays(self) -> None:
+        """SIGKILL each relay's process group, then reap what was in it: the
+        relay, and its connection children, re-parented to the stub (a child
+        subreaper) when the relay died before them.
+
+        Only unreaped relays are killed: a reaped relay's pid, and so its group
+        id once its children are gone, may belong to someone else by now. The
+        wait is per group, never waitpid(-1): children the caller's program had
+        before it exec'd the launcher are ours too, and a launch must not wait
+        for them.
+        """
+        for pid in self.live_relays:
+            try:
+                os.killpg(pid, _signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for group in self.relays:
+            try:
+                while True:
+                    os.waitpid(-group, 0)
+            except ChildProcessError:
+                pass
+        self.live_relays.clear()
+        self.relays = []
+
+
+# ---------------------------------------------------------------- preparation
+
+
+def _refuse_setid() -> None:
+    ruid, euid, _ = os.getresuid()
+    rgid, egid, _ = os.getresgid()
+    if ruid != euid or rgid != egid:
+        raise LauncherError(
+            "refusing to run setuid/setgid", f"uid {ruid}/{euid} gid {rgid}/{egid}", "install it as a plain executable"
+        )
+
+
+def _stdout_tty() -> str | None:
+    try:
+        return os.ttyname(1) if os.isatty(1) else None
+    except OSError:
+        return None
+
+
+def _current_dir() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None  # deleted or unreachable: PID 1 falls back to $HOME, then /
+
+
+def plan_mounts(mounts: list[sandbox.Mount]) -> list[ops.Step]:
+    """Resolve every host source on the host root, before any namespace exists.
+
+    A missing source fails the launch here (an optional one is skipped),
+    before any process is forked.
+    """
+    steps = []
+    for mount in mounts:
+        if mount.kind in sandbox.BIND_KINDS:
+            source = f"/proc/self/fd/{mount.fd}" if mount.fd is not None else mount.source
+            resolved = _resolve(mount, source)
+            if resolved is None:
+                continue
+            steps.append(ops.Step(mount, resolved[0], resolved[1]))
+        elif mount.kind in sandbox.OVERLAY_KINDS:
+            lower = tuple(_resolve(mount, path, optional=False)[0] for path in mount.lower)
+            step = ops.Step(mount, None, True, lower)
+            if mount.kind == sandbox.OVERLAY:
+                step.source = _resolve(mount, mount.source, optional=False)[0]
+                step.work = _resolve(mount, mount.work, optional=False)[0]
+            steps.append(step)
+        else:
+            steps.append(ops.Step(mount))
+    return steps
+
+
+def _resolve(mount: sandbox.Mount, path: str, optional: bool | None = None) -> tuple[str, bool] | None:
+    try:
+        resolved = os.path.realpath(path, strict=True)
+        return resolved, stat.S_ISDIR(os.stat(resolved).st_mode)
+    except OSError as err:
+        if (mount.optional if optional is None else optional) and err.errno == 2:
+            return None
+        raise LauncherError.from_os(f"{mount.kind} source", path, err) from None
+
+
+def _seccomp_programs(programs: list) -> list[bytes]:
+    if not programs:
+        return []
+    from srt_launcher import seccomp
+
+    return [seccomp.load_filter(program) if isinstance(program, str) else program for program in programs]
+
+
+def environment(operations: list[tuple]) -> dict[str, str]:
+    """The caller's environment with the sandbox's operations applied in order."""
+    env = dict(os.environ)
+    for operation in operations:
+        if operation[0] == sandbox.SETENV:
+            env[operation[1]] = operation[2]
+        elif operation[0] == sandbox.UNSETENV:
+            env.pop(operation[1], None)
+        else:
+            env.clear()
+    return env
+
+
+def _join(fd: int, kind: int, name: str) -> None:
+    try:
+        kernel.setns(fd, kind)
+    except OSError as err:
+        raise LauncherError.from_os("setns", name, err) from None
+
+
+def _phase_two_flags(box: sandbox.Sandbox) -> int:
+    flags = kernel.CLONE_NEWPID if box.pid and box.pidns_fd is None else 0
+    if box.ipc:
+        flags |= kernel.CLONE_NEWIPC
+    if box.uts:
+        flags |= kernel.CLONE_NEWUTS
+    if box.cgroup is True or (box.cgroup == "try" and os.path.exists("/proc/self/ns/cgroup")):
+        flags |= kernel.CLONE_NEWCGROUP
+    return flags
+
+
+def _unshared(box: sandbox.Sandbox) -> list[str]:
+    names = ["mnt"]
+    for name, wanted in (("cgroup", box.cgroup), ("ipc", box.ipc), ("net", box.net), ("pid", box.pid), ("uts", box.uts)):
+        if wanted:
+            names.append(name)
+    return names
+
+
+def _notify_on_records(channel) -> None:  # type: ignore[no-untyped-def]
+    # Signal-driven I/O: the kernel sends SIGIO when a record arrives, so
+    # the one sigwaitinfo of the supervisor also waits for records.
+    import fcntl
+
+    fcntl.fcntl(channel.fileno(), fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(channel.fileno(), fcntl.F_SETFL, fcntl.fcntl(channel.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
+
+
+def _close_caller_fds(box: sandbox.Sandbox, keep: list[int]) -> None:
+    # PID 1 and the worker have their copies; the stub needs none of them,
+    # and holding a pipe would keep its reader from seeing EOF.
+    kernel.close_fds_except(keep)
+
+
+def _optional(fd: int | None) -> list[int]:
+    return [] if fd is None else [fd]
+
+
+def _read_one_byte(fd: int) -> None:
+    try:
+        os.read(fd, 1)
+    except OSError:
+        pass
+    os.close(fd)
+
+
+def _write_status(fd: int, data: bytes, close: bool) -> None:
+    try:
+        report.write_all(fd, data)
+    except OSError as err:
+        raise LauncherError.from_os("status fd", str(fd), err) from None
+    finally:
+        if close:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
