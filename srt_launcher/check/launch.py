@@ -9,7 +9,6 @@ launch itself, run for real with ``/bin/true`` as its command.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 from srt_launcher.check.probes import Outcome
@@ -135,6 +134,8 @@ def launcher_argv(script: str | None) -> list[str]:
 
 def run_launch(plan: LaunchPlan, script: str | None) -> Outcome:
     """The launch itself, for real, with /bin/true in place of the command."""
+    import subprocess
+
     argv = [*launcher_argv(script), "run", *plan.options, "--", "/bin/true"]
     try:
         result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=_TIMEOUT)

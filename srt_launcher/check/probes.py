@@ -29,21 +29,20 @@ namespace it is in, the procfs mounts it sees) so that
 after the real operation was refused.
 
 Every probe process has PDEATHSIG=SIGKILL and reports over one pipe (one
-JSON object per line, each written with one write(2)); the parent stops
-waiting after a deadline and kills the child.
+marshal'd dict per record, length-prefixed, each written with one write(2):
+marshal is built in, where json's import costs ≈15 ms of a ≈20 ms probe());
+the parent stops waiting after a deadline and kills the child.
 """
 
 from __future__ import annotations
 
+import _signal
 import _socket
 import errno
-import json
+import marshal
 import os
 import select
-import signal
-import socket
 import time
-import traceback
 
 from srt_launcher import kernel, privileges, seccomp
 from srt_launcher.check import syscalls
@@ -147,8 +146,8 @@ def _read_until_eof(fd: int, pid: int, deadline: float) -> bytes:
         ready, _, _ = select.select([fd], [], [], max(left, 0))
         if not ready:
             # A hung probe: its grandchildren die with it (PDEATHSIG).
-            os.kill(pid, signal.SIGKILL)
-            chunks.append(json.dumps({"timeout": True}).encode() + b"\n")
+            os.kill(pid, _signal.SIGKILL)
+            chunks.append(_frame({"timeout": True}))
             return b"".join(chunks)
         chunk = os.read(fd, 65536)
         if not chunk:
@@ -160,11 +159,7 @@ def _collect(text: bytes) -> ChainResult:
     outcomes: dict[str, Outcome] = {}
     route = "plain"
     timed_out = False
-    for line in text.decode("utf-8", "replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in _records(text):
         if record.get("timeout"):
             timed_out = True
         elif "route" in record:
@@ -178,6 +173,24 @@ def _collect(text: bytes) -> ChainResult:
     return ChainResult(outcomes, route)
 
 
+def _frame(record: dict) -> bytes:
+    data = marshal.dumps(record)
+    return len(data).to_bytes(4, "little") + data
+
+
+def _records(text: bytes) -> list[dict]:
+    """The whole records in ``text`` (a child killed mid-write leaves a truncated last one)."""
+    records = []
+    offset = 0
+    while offset + 4 <= len(text):
+        size = int.from_bytes(text[offset : offset + 4], "little")
+        if offset + 4 + size > len(text):
+            break
+        records.append(marshal.loads(text[offset + 4 : offset + 4 + size]))
+        offset += 4 + size
+    return records
+
+
 # ---------------------------------------------------------------- the child side
 
 
@@ -186,8 +199,7 @@ class _Reporter:
         self.fd = fd
 
     def send(self, record: dict) -> None:
-        data = (json.dumps(record) + "\n").encode()
-        os.write(self.fd, data)
+        os.write(self.fd, _frame(record))
 
     def ok(self, name: str, detail: str, **facts: object) -> None:
         self.send({"name": name, "state": "ok", "detail": detail, "facts": facts})
@@ -206,14 +218,14 @@ def _child_main(out: _Reporter, force_user: bool, ipr_class) -> None:  # type: i
     global _proc_fd
     code = 0
     try:
-        privileges.set_parent_death_signal(signal.SIGKILL)
+        privileges.set_parent_death_signal(_signal.SIGKILL)
         try:
             _proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             _proc_fd = None
         _chain(out, force_user, ipr_class)
     except BaseException as err:  # a bug here must still end as a report, not a traceback on the caller's terminal
-        out.send({"name": "internal", "state": "failed", "detail": "".join(traceback.format_exception_only(err)).strip()})
+        out.send({"name": "internal", "state": "failed", "detail": _describe(err)})
         code = 1
     finally:
         os._exit(code)
@@ -223,8 +235,14 @@ def _guarded(out: _Reporter, name: str, probe, *args):  # type: ignore[no-untype
     try:
         return probe(out, *args)
     except Exception as err:
-        out.fail(name, "probe", None, "internal error: " + "".join(traceback.format_exception_only(err)).strip())
+        out.fail(name, "probe", None, "internal error: " + _describe(err))
         return False
+
+
+def _describe(err: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception_only(err)).strip()
 
 
 def _chain(out: _Reporter, force_user: bool, ipr_class) -> None:  # type: ignore[no-untyped-def]
@@ -265,7 +283,7 @@ def _in_child(body) -> int:  # type: ignore[no-untyped-def]
     pid = os.fork()
     if pid == 0:
         try:
-            privileges.set_parent_death_signal(signal.SIGKILL)
+            privileges.set_parent_death_signal(_signal.SIGKILL)
             body()
         finally:
             os._exit(0)
@@ -338,7 +356,7 @@ def _capabilities(out: _Reporter) -> bool:
     """
     for step, call in (
         ("unshare(CLONE_NEWUTS)", lambda: kernel.unshare(kernel.CLONE_NEWUTS)),
-        ("sethostname", lambda: socket.sethostname("srt-launcher-check")),
+        ("sethostname", lambda: _socket.sethostname("srt-launcher-check")),
     ):
         try:
             call()

@@ -13,9 +13,7 @@ list, in probe order, of objects with exactly the keys of
 
 from __future__ import annotations
 
-import json
 import os
-import textwrap
 
 from srt_launcher.check.diagnosis import Context, diagnose, errno_name
 from srt_launcher.check.launch import LaunchPlan
@@ -98,6 +96,8 @@ def exit_status(findings: list[Finding]) -> int:
 
 
 def render_json(findings: list[Finding]) -> str:
+    import json
+
     return json.dumps([finding.as_json() for finding in findings], indent=2) + "\n"
 
 
@@ -146,6 +146,8 @@ def _header(plan: LaunchPlan, route: str) -> str:
 
 def _paragraphs(label: str, text: str) -> list[str]:
     """Wrap prose; keep lines that start with two spaces (a file's content) as they are."""
+    import textwrap
+
     out = []
     indent = " " * (2 + len(label))
     first = True
