@@ -104,13 +104,17 @@ class LauncherError(Exception):
         )
 
 
-def message(err: LauncherError, program: str = "srt-launcher") -> str:
+def message(err: LauncherError, program: str = "srt-launcher", hint: bool = False) -> str:
+    """The one line of ``err``; with ``hint``, a step `check` probes points there."""
     parts = [err.step]
     if err.value is not None:
         parts.append(err.value)
     if err.reason:
         parts.append(err.reason)
-    text = f"{program}: " + ": ".join(printable(part) for part in parts) + "\n"
+    text = f"{program}: " + ": ".join(printable(part) for part in parts)
+    if hint and err.step in PROBED_STEPS:
+        text += " " + CHECK_HINT
+    text += "\n"
     if err.usage:
         text += err.usage + "\n"
     return text
@@ -129,6 +133,6 @@ def write_stderr(text: str) -> None:
         pass
 
 
-def report(err: LauncherError) -> int:
-    write_stderr(message(err))
+def report(err: LauncherError, hint: bool = False) -> int:
+    write_stderr(message(err, hint=hint))
     return err.exit_code

@@ -274,12 +274,12 @@ def test_seccomp_unavailable(host_launcher: Launcher) -> None:
         "seccomp",
         "EPERM",
         ["refuses the seccomp system call itself", "SECCOMP_GET_ACTION_AVAIL"],
-        ["--security-opt seccomp=unconfined", "without --seccomp-unix-block"],
+        ["--security-opt seccomp=unconfined", "Every launch needs it"],
     )
-    # A launch without --seccomp-unix-block does not need it.
+    # Not even a launch without --seccomp-unix-block: every one installs the tty filter.
     result = run_check(host_launcher, "--json", "--", "--ro-bind", "/", "/", env=("seccomp-deny-seccomp",))
     found = findings(result)
-    assert result.returncode == 0 and found["seccomp"]["status"] == "warn" and found["launch"]["status"] == "ok"
+    assert result.returncode == 1 and found["seccomp"]["status"] == "fail" and found["launch"]["status"] == "fail"
 
 
 # ---------------------------------------------------------------- the installed launcher
@@ -434,3 +434,21 @@ def test_probe_api_stays_truthy_when_only_optional_features_fail(unprivileged_ar
 def test_check_runs_as_the_caller_not_as_root(unprivileged_argv: list[str]) -> None:
     found = findings(run_check(Launcher("unprivileged", unprivileged_argv), "--json"))
     assert f"uid {UNPRIVILEGED_UID} and gid {UNPRIVILEGED_GID}" in found["user-namespace"]["detail"]
+
+
+# ---------------------------------------------------------------- run's errors point at check
+
+
+def test_a_run_failure_at_a_probed_step_points_at_check(host_launcher: Launcher) -> None:
+    """A step `check` probes (here unshare, refused as Docker's profile does) ends
+    with the hint; a failure check has nothing to add to (a missing bind source) does not."""
+    argv = [
+        host_launcher.python, "-I", str(CHECK_ENV), "seccomp-deny-unshare", "--uid", str(host_launcher.uid), "--",
+        *host_launcher.argv("run", "--ro-bind", "/", "/", "--", "/bin/true"),
+    ]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, cwd="/")
+    assert result.returncode == 125
+    assert result.stderr.startswith("srt-launcher: unshare: ") and result.stderr.endswith(": Operation not permitted (srt-launcher check explains)\n"), result.stderr
+    result = host_launcher.command("run", "--ro-bind", "/nonexistent-source", "/x", "--", "/bin/true")
+    assert result.returncode == 125
+    assert result.stderr == "srt-launcher: ro-bind source: /nonexistent-source: No such file or directory\n"

@@ -300,4 +300,4 @@ def test_a_missing_tty_filter_fails_every_launch(launcher, package_without_tty_f
     blob = package_without_tty_filter / "srt_launcher" / "_bpf" / f"tty.{MACHINE}.bpf"
     assert result.returncode == 125
     assert result.stdout == ""
-    assert result.stderr == f"srt-launcher: seccomp: {blob}: filter missing from the installation\n"
+    assert result.stderr == f"srt-launcher: seccomp: {blob}: filter missing from the installation (srt-launcher check explains)\n"

@@ -341,7 +341,10 @@ def _procfs(outcome: Outcome, ctx: Context) -> tuple[str, str]:
 
 def _seccomp(outcome: Outcome, ctx: Context) -> tuple[str, str]:
     code = outcome.errno
-    without = " Without it, launch without --seccomp-unix-block (the workload may then create Unix sockets)."
+    without = (
+        " Every launch needs it: the launcher refuses TIOCSTI and TIOCLINUX to every workload with a seccomp"
+        " filter, and fails closed rather than launch without it."
+    )
     if outcome.step == "load the filter":
         fix = "Reinstall the launcher (`make setup`): its filter blobs ship inside the package."
         return f"the launcher's seccomp filter cannot be loaded: {outcome.detail}", fix

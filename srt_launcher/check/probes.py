@@ -541,7 +541,7 @@ def _mount_setattr(out: _Reporter) -> bool:
 def _seccomp(out: _Reporter) -> bool:
     """The launcher's own filter (--seccomp-unix-block), installed as the worker does, then tried."""
     try:
-        program = seccomp.load_filter()
+        program = seccomp.prepare(seccomp.load_filter("unix-block"))
     except LauncherError as err:
         out.fail("seccomp", "load the filter", err.errno, f"{err.value}: {err.reason}")
         return False

@@ -72,7 +72,7 @@ def needed(name: str, plan: LaunchPlan, route: str) -> bool:
     if name == "net-namespace":
         return plan.net
     if name == "seccomp":
-        return plan.seccomp
+        return True  # every launch installs the tty filter (TIOCSTI, TIOCLINUX)
     if name == "procfs":
         return plan.procfs
     return True

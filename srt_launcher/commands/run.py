@@ -304,7 +304,7 @@ def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | Non
 
         return stub.launch(box, caller_mask, parent)
     except LauncherError as err:
-        return report(err)
+        return report(err, hint=True)
     except OSError as err:  # out of descriptors, processes, memory: still one line, still 125
         return report(LauncherError.from_os("launch", None, err))
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback
