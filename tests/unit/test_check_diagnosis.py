@@ -155,7 +155,7 @@ def test_pid_namespace_limit(tmp_path: Path) -> None:
         ("mount-setattr", "mount_setattr(AT_RECURSIVE)", errno.ENOSYS, "older than 5.12", "falls back"),
         ("landlock", "landlock_create_ruleset", errno.EOPNOTSUPP, "not enabled at boot", "lsm="),
         ("landlock", "landlock_create_ruleset", errno.ENOSYS, "CONFIG_SECURITY_LANDLOCK", "does not use Landlock"),
-        ("seccomp", "seccomp(SECCOMP_SET_MODE_FILTER)", errno.EINVAL, "CONFIG_SECCOMP_FILTER", "without --seccomp-unix-block"),
+        ("seccomp", "seccomp(SECCOMP_SET_MODE_FILTER)", errno.EINVAL, "CONFIG_SECCOMP_FILTER", "Every launch needs it"),
         ("mount-namespace", "make / a slave (MS_SLAVE|MS_REC)", errno.EINVAL, "chroot", "outside the chroot"),
     ],
 )
@@ -177,12 +177,16 @@ def outcomes_of(states: dict[str, str]) -> dict[str, Outcome]:
 
 def test_needed_failures_are_fail_others_warn(tmp_path: Path) -> None:
     plan = plan_of(["--ro-bind", "/", "/"])  # no --unshare-net, --proc, --seccomp-unix-block
-    states = {"net-namespace": "failed", "procfs": "failed", "seccomp": "failed", "landlock": "failed", "pivot-root": "ok"}
+    states = {"net-namespace": "failed", "procfs": "failed", "landlock": "failed", "pivot-root": "ok"}
     found = {f.name: f for f in evaluate(outcomes_of(states), plan, Context(fake_host(tmp_path, {})))}
     assert {name: f.status for name, f in found.items()} == {
-        "net-namespace": "warn", "procfs": "warn", "seccomp": "warn", "landlock": "warn", "pivot-root": "ok"
+        "net-namespace": "warn", "procfs": "warn", "landlock": "warn", "pivot-root": "ok"
     }
     assert exit_status(list(found.values())) == 0
+    # Every launch needs seccomp (the tty filter), whatever its options.
+    states["seccomp"] = "failed"
+    found = {f.name: f for f in evaluate(outcomes_of(states), plan, Context(fake_host(tmp_path, {})))}
+    assert found["seccomp"].status == "fail" and exit_status(list(found.values())) == 1
     plan = plan_of(None)  # sandbox-runtime's launch needs them
     found = {f.name: f for f in evaluate(outcomes_of(states), plan, Context(fake_host(tmp_path, {})))}
     assert [found[n].status for n in ("net-namespace", "procfs", "seccomp", "landlock")] == ["fail", "fail", "fail", "warn"]
