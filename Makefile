@@ -10,7 +10,7 @@ VPY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
 SETUP_APT := python3-venv python3-dev gcc libcap-dev libseccomp2 util-linux
-TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2
+TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2 ffmpeg
 BENCH_APT := bubblewrap socat procps
 
 SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) scripts/srt-launcher pyproject.toml

@@ -1,13 +1,31 @@
 #!/usr/bin/env python3
-"""Generate the seccomp filters of SPEC §2.6, one classic-BPF blob per architecture.
+"""Generate the launcher's seccomp filters, one classic-BPF blob per filter and architecture.
 
 Run by ``make bpf``; the blobs are committed and shipped in the wheel as
-``srt_launcher/_bpf/*.bpf``. The launcher only reads them (srt_launcher/seccomp.py):
-importing pyseccomp costs ~30 ms, which the launch path cannot afford (SPEC §4).
+``srt_launcher/_bpf/FILTER.MACHINE.bpf``. The launcher only reads them
+(srt_launcher/seccomp.py): importing pyseccomp costs ~30 ms, which the launch
+path cannot afford (SPEC §4).
 
-    bpf/generate.py [--output-dir DIR] [--show]
+    bpf/generate.py [--output-dir DIR]     write every blob
+    bpf/generate.py --show                 print each filter's rules, as
+                                           libseccomp and the kernel see them
 
-The filter allows everything except, with EPERM:
+Three filters, each "allow everything except" a short list:
+
+``tty`` (installed on every launch). EPERM for ``ioctl(fd, TIOCSTI)`` and
+``ioctl(fd, TIOCLINUX)``: a workload handed a terminal that is no session's
+controlling tty can ``setsid()``, make it its own with TIOCSCTTY, and then
+TIOCSTI types commands into whatever reads that terminal after the sandbox
+ends (the caller's shell). TIOCLINUX's selection paste does the same on a
+virtual console (CVE-2023-28100; flatpak refuses both). The kernel's ioctl
+takes the request as an ``unsigned int``, so only its low 32 bits are
+compared: ``TIOCSTI | 1 << 32`` is TIOCSTI. Unlike the other two, this filter
+covers every ABI the kernel runs (x86-64, x32 and i386; AArch64 and AArch32)
+with the same rules instead of killing foreign ones: ioctl has no multiplexer
+to hide behind, and killing 32-bit calls on every launch would stop 32-bit
+programs from running in any sandbox.
+
+``unix-block`` (``--seccomp-unix-block``, SPEC §2.6). EPERM for:
 
 * ``socket(AF_UNIX, ...)``. The kernel reads the domain as an ``int``, so only
   its low 32 bits are compared: an EQ on the whole 64-bit register would let
@@ -20,8 +38,27 @@ The filter allows everything except, with EPERM:
 * ``io_uring_setup``, ``io_uring_enter``, ``io_uring_register``: io_uring
   (IORING_OP_SOCKET) creates sockets without ever calling socket(2).
 
-Foreign ABIs are killed (SECCOMP_RET_KILL_PROCESS), not filtered. Each blob
-names exactly one architecture, so:
+``harden`` (``--seccomp-harden``, SPEC §6). EPERM for:
+
+* ``socket``/``socketpair`` of AF_NETLINK, AF_PACKET, AF_BLUETOOTH, AF_VSOCK
+  (family on its low 32 bits, as above);
+* io_uring, as above (its opcodes reach most of the kernel without a syscall
+  this filter could see);
+* the kernel interfaces an unprivileged workload does not need and that carry
+  most local privilege escalations: bpf, perf_event_open, userfaultfd, the key
+  calls, kexec, module loading, open_by_handle_at;
+* creating a user namespace, where a workload gets every capability over new
+  namespaces and so reaches the kernel code only root could: ``unshare`` and
+  ``clone`` with CLONE_NEWUSER in the flags. ``clone``'s flags are its first
+  argument on x86-64 and on aarch64 (CLONE_BACKWARDS only swaps ``tls`` and
+  ``child_tid``); s390 has them second, hence the per-architecture table.
+  ``clone3`` passes its flags in a struct in user memory, which BPF cannot
+  read, so it is refused whole with ENOSYS: glibc (2.34+) takes that for an
+  old kernel and falls back to ``clone``, whose flags are in a register.
+
+Foreign ABIs, for ``unix-block`` and ``harden``, are killed
+(SECCOMP_RET_KILL_PROCESS), not filtered. Each of these blobs names exactly
+one architecture, so:
 
 * a 32-bit call on x86-64 (``int 0x80``, AUDIT_ARCH_I386) fails the arch
   check. Giving the i386 ABI the same rules would not be enough: there,
@@ -36,13 +73,20 @@ names exactly one architecture, so:
 Killing rather than returning EPERM: a 64-bit program switching ABI is doing
 something no supported workload does, and an EPERM for *every* foreign call
 (exit included) would leave it running in an undefined state. 32-bit
-workloads therefore cannot run under --seccomp-unix-block. On a 32-bit x86
-host there is no native ABI without socketcall, so there is no blob at all
-and the launcher refuses the option (SPEC §2.6).
+workloads therefore cannot run under --seccomp-unix-block or
+--seccomp-harden. On a 32-bit x86 host there is no native ABI without
+socketcall, so there is no blob at all and the launcher refuses those
+options (SPEC §2.6).
+
+Stacking: the kernel runs every installed filter on each syscall and keeps
+the most severe answer (kill before errno before allow), so the filters
+combine as the union of their denials. A filter whose answer for a syscall
+number does not depend on the arguments is cached by the kernel (5.11+:
+the action bitmap), so the always-on ``tty`` filter runs for ``ioctl`` only.
 
 The output depends only on the rules and on the libseccomp version (2.5.4
 for the committed blobs), not on the host: each filter is built for its
-target architecture whatever the machine running this script, and the
+target architectures whatever the machine running this script, and the
 syscall numbers are translated by name inside libseccomp.
 """
 
@@ -51,70 +95,160 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import socket
 import struct
 import sys
 import tempfile
+from typing import NamedTuple
 
 import pyseccomp as seccomp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# os.uname().machine -> libseccomp architecture token. Blob name: MACHINE.bpf.
-ARCHITECTURES = {
-    "x86_64": seccomp.Arch.X86_64,
-    "aarch64": seccomp.Arch.AARCH64,
+# os.uname().machine of the host -> blob name suffix: FILTER.MACHINE.bpf.
+MACHINES = ("x86_64", "aarch64")
+
+# Every ABI each machine's kernel runs (the first is the native one).
+ABIS = {
+    "x86_64": (seccomp.Arch.X86_64, seccomp.Arch.X32, seccomp.Arch.X86),
+    "aarch64": (seccomp.Arch.AARCH64, seccomp.Arch.ARM),
 }
 
-SOCK_TYPE_MASK = 0xF
 LOW_32_BITS = 0xFFFFFFFF
-DENY = seccomp.ERRNO(errno.EPERM)
+SOCK_TYPE_MASK = 0xF
+
+# Address families (include/linux/socket.h; the same on every architecture).
+AF_UNIX = 1
+AF_NETLINK = 16
+AF_PACKET = 17
+AF_BLUETOOTH = 31
+AF_VSOCK = 40
+SOCK_DGRAM = 2
+SOCK_RAW = 3
+
+CLONE_NEWUSER = 0x10000000
+# Which argument of clone(2) holds the flags (kernel/fork.c, CONFIG_CLONE_BACKWARDS*).
+CLONE_FLAGS_ARGUMENT = {"x86_64": 0, "aarch64": 0}
+
+# Terminal ioctls: asm-generic/ioctls.h values, which x86 (all three ABIs)
+# and arm/arm64 use unchanged. (powerpc, mips, sparc and alpha differ.)
+TIOCSTI = 0x5412
+TIOCLINUX = 0x541C
 
 
-def _domain_is_unix() -> seccomp.Arg:
-    return seccomp.Arg(0, seccomp.MASKED_EQ, LOW_32_BITS, socket.AF_UNIX)
+class Condition(NamedTuple):
+    """``args[argument] & mask == value``; ``what`` names the value in listings."""
+
+    argument: int
+    mask: int
+    value: int
+    what: str
+
+    def describe(self) -> str:
+        mask = ".lo32" if self.mask == LOW_32_BITS else f" & {self.mask:#x}"
+        return f"arg{self.argument}{mask} == {self.what}"
 
 
-def _type_is(sock_type: int) -> seccomp.Arg:
-    return seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, sock_type)
+class Rule(NamedTuple):
+    syscall: str
+    errno: int
+    conditions: tuple[Condition, ...] = ()
 
 
-# (syscall, argument conditions); every rule's action is DENY.
-RULES: tuple[tuple[str, tuple[seccomp.Arg, ...]], ...] = (
-    ("socket", (_domain_is_unix(),)),
-    ("socketpair", (_domain_is_unix(), _type_is(socket.SOCK_DGRAM))),
-    ("socketpair", (_domain_is_unix(), _type_is(socket.SOCK_RAW))),
-    ("io_uring_setup", ()),
-    ("io_uring_enter", ()),
-    ("io_uring_register", ()),
-)
+class Filter(NamedTuple):
+    name: str
+    option: str
+    all_abis: bool  # True: every ABI of the machine gets the rules; False: foreign ABIs are killed
+    rules: tuple[Rule, ...]
 
 
-def build(arch: int) -> seccomp.SyscallFilter:
-    filt = seccomp.SyscallFilter(seccomp.ALLOW)
-    filt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
+def _low32(argument: int, value: int, what: str) -> Condition:
+    return Condition(argument, LOW_32_BITS, value, f"{what} ({value:#x})")
+
+
+def _newuser(argument: int) -> Condition:
+    return Condition(argument, CLONE_NEWUSER, CLONE_NEWUSER, f"{CLONE_NEWUSER:#x} (CLONE_NEWUSER set)")
+
+
+def _sock_type(sock_type: int, what: str) -> Condition:
+    # The kernel masks the type with SOCK_TYPE_MASK: SOCK_CLOEXEC/NONBLOCK cannot dodge it.
+    return Condition(1, SOCK_TYPE_MASK, sock_type, f"{what} ({sock_type})")
+
+
+def _family_rules(syscall: str, families: dict[str, int]) -> tuple[Rule, ...]:
+    return tuple(Rule(syscall, errno.EPERM, (_low32(0, number, name),)) for name, number in families.items())
+
+
+_IO_URING = tuple(Rule(name, errno.EPERM) for name in ("io_uring_setup", "io_uring_enter", "io_uring_register"))
+
+_HARDEN_FAMILIES = {"AF_NETLINK": AF_NETLINK, "AF_PACKET": AF_PACKET, "AF_BLUETOOTH": AF_BLUETOOTH, "AF_VSOCK": AF_VSOCK}
+
+_PRIVILEGED_INTERFACES = (
+    "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+    "open_by_handle_at",
+)  # fmt: skip
+
+
+def filters(machine: str) -> tuple[Filter, ...]:
+    """The three filters' rules for one target machine."""
+    unix = _low32(0, AF_UNIX, "AF_UNIX")
+    return (
+        Filter("tty", "every launch", True, (
+            Rule("ioctl", errno.EPERM, (_low32(1, TIOCSTI, "TIOCSTI"),)),
+            Rule("ioctl", errno.EPERM, (_low32(1, TIOCLINUX, "TIOCLINUX"),)),
+        )),
+        Filter("unix-block", "--seccomp-unix-block", False, (
+            Rule("socket", errno.EPERM, (unix,)),
+            Rule("socketpair", errno.EPERM, (unix, _sock_type(SOCK_DGRAM, "SOCK_DGRAM"))),
+            Rule("socketpair", errno.EPERM, (unix, _sock_type(SOCK_RAW, "SOCK_RAW"))),
+            *_IO_URING,
+        )),
+        Filter("harden", "--seccomp-harden", False, (
+            *_family_rules("socket", _HARDEN_FAMILIES),
+            *_family_rules("socketpair", _HARDEN_FAMILIES),
+            *_IO_URING,
+            *(Rule(name, errno.EPERM) for name in _PRIVILEGED_INTERFACES),
+            Rule("unshare", errno.EPERM, (_newuser(0),)),
+            Rule("clone", errno.EPERM, (_newuser(CLONE_FLAGS_ARGUMENT[machine]),)),
+            Rule("clone3", errno.ENOSYS),
+        )),
+    )  # fmt: skip
+
+
+def build(filt: Filter, machine: str) -> seccomp.SyscallFilter:
+    abis = ABIS[machine] if filt.all_abis else ABIS[machine][:1]
+    program = seccomp.SyscallFilter(seccomp.ALLOW)
+    # For the tty filter no ABI of the target kernel is "bad"; kill anything
+    # else all the same rather than let an unknown ABI through.
+    program.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     # A new filter holds the build machine's architecture: swap it for the
-    # target so the blob does not depend on where it was generated.
-    if not filt.exist_arch(arch):
-        filt.add_arch(arch)
+    # targets so the blob does not depend on where it was generated.
+    for arch in abis:
+        if not program.exist_arch(arch):
+            program.add_arch(arch)
     native = seccomp.system_arch()
-    if native != arch:
-        filt.remove_arch(native)
-    for name, conditions in RULES:
-        # Rules take build-machine numbers; libseccomp maps them to the target by name.
-        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+    if native not in abis:
+        program.remove_arch(native)
+    for rule in filt.rules:
+        # Rules take build-machine numbers; libseccomp maps them to each target by name.
+        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, rule.syscall)
         if number < 0:
-            raise SystemExit(f"generate.py: libseccomp does not know {name}; upgrade libseccomp")
-        filt.add_rule(DENY, number, *conditions)
-    return filt
+            raise SystemExit(f"generate.py: libseccomp does not know {rule.syscall}; upgrade libseccomp")
+        args = [seccomp.Arg(c.argument, seccomp.MASKED_EQ, c.mask, c.value) for c in rule.conditions]
+        program.add_rule(seccomp.ERRNO(rule.errno), number, *args)
+    return program
 
 
-def export(filt: seccomp.SyscallFilter) -> bytes:
+def export(program: seccomp.SyscallFilter) -> bytes:
     # libseccomp writes to a file descriptor only.
     with tempfile.TemporaryFile() as handle:
-        filt.export_bpf(handle)
+        program.export_bpf(handle)
         handle.seek(0)
         return handle.read()
+
+
+def blob_name(filt: Filter, machine: str) -> str:
+    return f"{filt.name}.{machine}.bpf"
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -129,10 +263,26 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+def listing(filt: Filter, machine: str) -> str:
+    """The rules in words, one line each (what ``--show`` prints first)."""
+    abis = ", ".join(_ARCH_NAMES[arch] for arch in (ABIS[machine] if filt.all_abis else ABIS[machine][:1]))
+    others = "none (every ABI of this kernel is filtered)" if filt.all_abis else "killed (SECCOMP_RET_KILL_PROCESS)"
+    lines = [f"{filt.name} ({filt.option}) on {machine}: allow everything except", f"  ABIs filtered: {abis}; other ABIs: {others}"]
+    for rule in filt.rules:
+        when = " if " + " and ".join(c.describe() for c in rule.conditions) if rule.conditions else ""
+        lines.append(f"  {rule.syscall:18s} -> {errno.errorcode[rule.errno]}{when}")
+    return "\n".join(lines)
+
+
+_ARCH_NAMES = {
+    seccomp.Arch.X86_64: "x86_64", seccomp.Arch.X32: "x32", seccomp.Arch.X86: "i386",
+    seccomp.Arch.AARCH64: "aarch64", seccomp.Arch.ARM: "arm",
+}  # fmt: skip
+
 _OPCODES = {
     0x00: "ld #k", 0x20: "ld [k]", 0x54: "and #k", 0x06: "ret #k",
     0x05: "ja k", 0x15: "jeq #k", 0x25: "jgt #k", 0x35: "jge #k", 0x45: "jset #k",
-}
+}  # fmt: skip
 
 
 def disassemble(program: bytes) -> str:
@@ -146,23 +296,33 @@ def disassemble(program: bytes) -> str:
     return "\n".join(lines)
 
 
+def show(filt: Filter, machine: str, program: seccomp.SyscallFilter, blob: bytes) -> None:
+    print(f"==== {blob_name(filt, machine)}: {len(blob) // 8} instructions", flush=True)
+    print(listing(filt, machine), flush=True)
+    print("---- as libseccomp compiled it (PFC)", flush=True)
+    program.export_pfc(sys.stdout)
+    print("---- as the kernel runs it", flush=True)
+    print(disassemble(blob), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default=HERE, help="where to write MACHINE.bpf (default: bpf/)")
-    parser.add_argument("--show", action="store_true", help="print each filter's rules and disassembly")
+    parser.add_argument("--output-dir", default=HERE, help="where to write FILTER.MACHINE.bpf (default: bpf/)")
+    parser.add_argument("--show", action="store_true", help="print each filter's rules and disassembly; write nothing")
     args = parser.parse_args(argv)
     if sys.byteorder != "little":
         # libseccomp writes host-order sock_filters; both targets are little-endian.
         raise SystemExit("generate.py: run on a little-endian machine")
-    os.makedirs(args.output_dir, exist_ok=True)
-    for machine, arch in ARCHITECTURES.items():
-        filt = build(arch)
-        program = export(filt)
-        write_atomically(os.path.join(args.output_dir, f"{machine}.bpf"), program)
-        if args.show:
-            print(f"==== {machine}.bpf: {len(program) // 8} instructions", flush=True)
-            filt.export_pfc(sys.stdout)
-            print(disassemble(program), flush=True)
+    if not args.show:
+        os.makedirs(args.output_dir, exist_ok=True)
+    for machine in MACHINES:
+        for filt in filters(machine):
+            program = build(filt, machine)
+            blob = export(program)
+            if args.show:
+                show(filt, machine, program, blob)
+            else:
+                write_atomically(os.path.join(args.output_dir, blob_name(filt, machine)), blob)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from srt_launcher.commands import relay as relay_command
+from srt_launcher.commands.check import check
 from srt_launcher.commands.connect import connect
 
 
@@ -57,6 +58,7 @@ def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
 
 
 cli.add_command(connect)
+cli.add_command(check)
 
 
 @cli.command(

@@ -18,6 +18,29 @@ SETUP_FAILED = 125
 EXEC_NOT_EXECUTABLE = 126
 EXEC_NOT_FOUND = 127
 
+# Steps of a `run` launch that `srt-launcher check` probes for real (SPEC
+# §10): a launch that fails at one of them ends its one-line error with
+# CHECK_HINT, since check names the host's cause and its fix. The names are
+# the `step` of the LauncherError each launch step raises. Bind sources and
+# relay sockets are left out: their message already names the missing path.
+CHECK_HINT = "(srt-launcher check explains)"
+PROBED_STEPS = frozenset(
+    {
+        "unshare",  # any namespace: user, net, pid (stub), mount (PID 1)
+        "user namespace",  # setgroups, uid_map, gid_map
+        "bring up loopback",
+        "make / a slave",
+        "staging tmpfs",
+        "staging",
+        "pivot_root",
+        "detach old root",
+        "switch root",
+        "proc",  # the procfs mount of --proc
+        "proc: cover",  # its read-only covers
+        "seccomp",  # loading and installing the filter
+    }
+)
+
 RUN_USAGE = "usage: srt-launcher run [OPTIONS] -- COMMAND [ARGS...]  (see srt-launcher run --help)"
 
 _FIELD_SEPARATOR = b"\0"
@@ -81,13 +104,17 @@ class LauncherError(Exception):
         )
 
 
-def message(err: LauncherError, program: str = "srt-launcher") -> str:
+def message(err: LauncherError, program: str = "srt-launcher", hint: bool = False) -> str:
+    """The one line of ``err``; with ``hint``, a step `check` probes points there."""
     parts = [err.step]
     if err.value is not None:
         parts.append(err.value)
     if err.reason:
         parts.append(err.reason)
-    text = f"{program}: " + ": ".join(printable(part) for part in parts) + "\n"
+    text = f"{program}: " + ": ".join(printable(part) for part in parts)
+    if hint and err.step in PROBED_STEPS:
+        text += " " + CHECK_HINT
+    text += "\n"
     if err.usage:
         text += err.usage + "\n"
     return text
@@ -106,6 +133,6 @@ def write_stderr(text: str) -> None:
         pass
 
 
-def report(err: LauncherError) -> int:
-    write_stderr(message(err))
+def report(err: LauncherError, hint: bool = False) -> int:
+    write_stderr(message(err, hint=hint))
     return err.exit_code

@@ -27,6 +27,7 @@ RUN_OPTIONS = (
     "--unshare-net",
     "--unshare-user",
     "--seccomp-unix-block",
+    "--seccomp-harden",
     "--bind",
     "--ro-bind",
     "--tmpfs",

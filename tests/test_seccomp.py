@@ -8,30 +8,32 @@ must die of SIGSYS, which nothing but seccomp sends.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, SYSTEM, VENV
+from seccomp_probes import (  # noqa: F401 (abi_probe, ia32_abi: fixtures)
+    AF_INET,
+    AF_INET6,
+    AF_UNIX,
+    MACHINE,
+    SOCK_CLOEXEC,
+    SOCK_DGRAM,
+    SOCK_RAW,
+    SOCK_SEQPACKET,
+    SOCK_STREAM,
+    SYSCALL_NUMBERS,
+    abi_probe,
+    ia32_abi,
+)
 
-MACHINE = os.uname().machine
 SECCOMP = "--seccomp-unix-block"
 KILLED_BY_SIGSYS = 128 + signal.SIGSYS
-
-SYSCALL_NUMBERS = {
-    "x86_64": {"socket": 41, "socketpair": 53, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427},
-    "aarch64": {"socket": 198, "socketpair": 199, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427},
-}
-AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
-SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_SEQPACKET = 1, 2, 3, 5
-SOCK_CLOEXEC = 0o2000000
 
 only_x86_64 = pytest.mark.skipif(MACHINE != "x86_64", reason="foreign-ABI probes are x86-64 machine code")
 
@@ -143,82 +145,6 @@ def test_io_uring_register_is_denied(launcher) -> None:
 
 # ---------------------------------------------------------------- foreign ABIs (x86-64)
 
-_ABI_PROBE = r"""
-#include <stdio.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
-
-/* The 32-bit compat ABI: i386 numbers, arguments in ebx/ecx/edx. */
-static long int80(long nr, long a, long b, long c) {
-    long ret;
-    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(a), "c"(b), "d"(c)
-                     : "r8", "r9", "r10", "r11", "memory");
-    return ret;
-}
-
-/* The x32 ABI: the 64-bit entry with __X32_SYSCALL_BIT in the number. */
-static long x32(long nr, long a, long b, long c) {
-    long ret;
-    __asm__ volatile("syscall" : "=a"(ret) : "a"(nr | 0x40000000L), "D"(a), "S"(b), "d"(c)
-                     : "rcx", "r11", "memory");
-    return ret;
-}
-
-int main(int argc, char **argv) {
-    struct rlimit none = {0, 0};
-    long ret = -1;
-    setrlimit(RLIMIT_CORE, &none); /* a SIGSYS death must not drop a core file */
-    if (argc != 2) return 2;
-    printf("trying %s\n", argv[1]);
-    fflush(stdout);
-    if (!strcmp(argv[1], "socketcall")) {
-        /* socketcall(SYS_SOCKET, {AF_UNIX, SOCK_STREAM, 0}): args below 4 GiB for int 0x80. */
-        unsigned int *args = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
-                                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
-        if (args == MAP_FAILED) return 3;
-        args[0] = 1; args[1] = 1; args[2] = 0;
-        ret = int80(102, 1, (long)args, 0);
-    } else if (!strcmp(argv[1], "int80-socket")) {
-        ret = int80(359, 1, 1, 0);            /* i386 socket(AF_UNIX, SOCK_STREAM, 0) */
-    } else if (!strcmp(argv[1], "x32-socket")) {
-        ret = x32(41, 1, 1, 0);               /* x32 socket(AF_UNIX, SOCK_STREAM, 0) */
-    } else {
-        return 2;
-    }
-    printf("%s %ld\n", ret >= 0 ? "created" : "failed", ret);
-    return 0;
-}
-"""
-
-
-@pytest.fixture(scope="session")
-def abi_probe():  # type: ignore[no-untyped-def]
-    """The probe binary, in a directory uid 65534 can reach (tmp_path is 0700)."""
-    if MACHINE != "x86_64":
-        pytest.skip("foreign-ABI probes are x86-64 machine code")
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.fail("gcc is missing (make setup installs it)")
-    directory = Path(tempfile.mkdtemp(prefix="srt-launcher-abi-probe-", dir="/tmp"))
-    directory.chmod(0o755)
-    binary = directory / "abi-probe"
-    source = directory / "abi-probe.c"
-    source.write_text(_ABI_PROBE)
-    subprocess.run([gcc, "-O1", "-o", str(binary), str(source)], check=True, capture_output=True, timeout=120)
-    binary.chmod(0o755)
-    yield str(binary)
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ia32_abi(abi_probe: str) -> None:
-    """The int 0x80 probes mean something only where the kernel runs 32-bit calls."""
-    unfiltered = subprocess.run([abi_probe, "int80-socket"], capture_output=True, text=True, timeout=30)
-    if "created" not in unfiltered.stdout:
-        pytest.skip(f"this kernel has no usable i386 ABI: {unfiltered.returncode} {unfiltered.stdout!r}")
-
-
 def _escape(launcher, abi_probe: str, how: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     result = launcher.run(SECCOMP, *SYSTEM, "--", abi_probe, how)
     assert f"trying {how}" in result.stdout, f"the probe did not start: {result.returncode} {result.stderr}"
@@ -290,6 +216,10 @@ def test_pid1_runs_without_the_filter(launcher) -> None:
 # ---------------------------------------------------------------- build and packaging
 
 
+FILTERS = ("harden", "tty", "unix-block")
+BLOBS = sorted(f"{name}.{machine}.bpf" for name in FILTERS for machine in ("aarch64", "x86_64"))
+
+
 def test_committed_blobs_match_a_fresh_generation(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "bpf" / "generate.py"), "--output-dir", str(tmp_path)],
@@ -297,25 +227,50 @@ def test_committed_blobs_match_a_fresh_generation(tmp_path: Path) -> None:
     )
     fresh = sorted(path.name for path in tmp_path.glob("*.bpf"))
     committed = sorted(path.name for path in (ROOT / "bpf").glob("*.bpf"))
-    assert fresh == committed == ["aarch64.bpf", "x86_64.bpf"]
+    assert fresh == committed == BLOBS
     for name in fresh:
         assert (tmp_path / name).read_bytes() == (ROOT / "bpf" / name).read_bytes(), f"bpf/{name} is stale: run make bpf"
 
 
-def test_installed_package_loads_the_blob_for_this_machine() -> None:
+def test_show_lists_every_rule_of_every_filter_and_writes_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bpf" / "generate.py"), "--show", "--output-dir", str(tmp_path)],
+        check=True, capture_output=True, text=True, timeout=120,
+    )
+    assert list(tmp_path.iterdir()) == []
+    for blob in BLOBS:
+        assert f"==== {blob}: " in result.stdout
+    for rule in (
+        "ioctl              -> EPERM if arg1.lo32 == TIOCSTI (0x5412)",
+        "ioctl              -> EPERM if arg1.lo32 == TIOCLINUX (0x541c)",
+        "socket             -> EPERM if arg0.lo32 == AF_UNIX (0x1)",
+        "socket             -> EPERM if arg0.lo32 == AF_VSOCK (0x28)",
+        "clone              -> EPERM if arg0 & 0x10000000 == 0x10000000 (CLONE_NEWUSER set)",
+        "clone3             -> ENOSYS",
+        "open_by_handle_at  -> EPERM",
+    ):
+        assert rule in result.stdout
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_installed_package_loads_the_blob_for_this_machine(name: str) -> None:
     # -I: no cwd, no PYTHONPATH; from / the checkout cannot shadow site-packages.
-    code = "import srt_launcher.seccomp as s, sys; print(s.__file__, flush=True); sys.stdout.buffer.write(s.load_filter())"
+    code = (
+        "import srt_launcher.seccomp as s, sys; print(s.__file__, flush=True); "
+        f"sys.stdout.buffer.write(s.load_filter({name!r}))"
+    )
     result = subprocess.run(
         [str(VENV / "bin" / "python"), "-I", "-c", code], cwd="/", capture_output=True, timeout=60, check=True
     )
     module_path, _, blob = result.stdout.partition(b"\n")
     assert b"/site-packages/srt_launcher/" in module_path
-    assert blob == (ROOT / "bpf" / f"{MACHINE}.bpf").read_bytes()
+    assert blob == (ROOT / "bpf" / f"{name}.{MACHINE}.bpf").read_bytes()
 
 
-def test_launch_with_the_flag_does_not_import_pyseccomp(launcher) -> None:
+@pytest.mark.parametrize("options", [(), (SECCOMP,), ("--seccomp-harden",), (SECCOMP, "--seccomp-harden")])
+def test_launch_does_not_import_pyseccomp(launcher, options: tuple[str, ...]) -> None:
     # The caller's interpreter: the venv's, or the world-readable copy of it.
-    run_args = launcher.argv("run", SECCOMP, *SYSTEM, "--", "/bin/true")[len(launcher.argv_prefix) :]
+    run_args = launcher.argv("run", *options, *SYSTEM, "--", "/bin/true")[len(launcher.argv_prefix) :]
     argv = [launcher.python, "-X", "importtime", "-m", "srt_launcher", *run_args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 0, result.stderr

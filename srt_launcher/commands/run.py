@@ -229,6 +229,8 @@ def help_text() -> str:
         "",
         "  " + RLIMIT_HELP.replace("\n", "\n  "),
         "",
+        "  TIOCSTI and TIOCLINUX are refused to COMMAND on every launch (seccomp).",
+        "",
         "  Exit status: the command's own; 128+N if it was killed by signal N;",
         "  124 --timeout expired; 2 usage error; 125 launcher setup failed;",
         "  126 not executable; 127 not found.",
@@ -302,7 +304,7 @@ def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | Non
 
         return stub.launch(box, caller_mask, parent)
     except LauncherError as err:
-        return report(err)
+        return report(err, hint=True)
     except OSError as err:  # out of descriptors, processes, memory: still one line, still 125
         return report(LauncherError.from_os("launch", None, err))
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback

@@ -137,6 +137,7 @@ class _Stub:
             os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
         if wants_worker:
             _notify_on_records(self.channel)
+            self._on_records()
         _close_caller_fds(box, [self.channel.fileno(), self._alive, *_optional(box.json_status_fd)])
         privileges.drop_all_capabilities()
         supervisor = signals.Supervisor(
@@ -296,12 +297,17 @@ def _resolve(mount: sandbox.Mount, path: str, optional: bool | None = None) -> t
         raise LauncherError.from_os(f"{mount.kind} source", path, err) from None
 
 
-def _seccomp_programs(programs: list) -> list[bytes]:
-    if not programs:
-        return []
+def _seccomp_programs(programs: list) -> list[kernel.SeccompProgram]:
+    """The programs the worker stacks, ready to install: the description's,
+    then the tty filter, on every launch whatever the front end (issue 11:
+    a workload handed a terminal that is nobody's controlling tty takes it
+    with setsid + TIOCSCTTY, so PID 1's setsid is no defence against TIOCSTI).
+    Prepared here, before any fork: built in the worker, the same structs
+    cost ≈65 µs of copy-on-write faults per launch."""
     from srt_launcher import seccomp
 
-    return [seccomp.load_filter(program) if isinstance(program, str) else program for program in programs]
+    loaded = [seccomp.load_filter(program) if isinstance(program, str) else program for program in programs]
+    return [seccomp.prepare(program) for program in (*loaded, seccomp.load_filter(seccomp.TTY))]
 
 
 def environment(operations: list[tuple]) -> dict[str, str]:
@@ -346,11 +352,13 @@ def _unshared(box: sandbox.Sandbox) -> list[str]:
 def _notify_on_records(channel) -> None:  # type: ignore[no-untyped-def]
     # Signal-driven I/O: the kernel sends SIGIO when a record arrives, so
     # the one sigwaitinfo of the supervisor also waits for records.
+    # SIGIO is blocked first: its default action would kill the stub. A
+    # record sent before O_ASYNC raised no signal; the caller reads once after.
     import fcntl
 
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
     fcntl.fcntl(channel.fileno(), fcntl.F_SETOWN, os.getpid())
     fcntl.fcntl(channel.fileno(), fcntl.F_SETFL, fcntl.fcntl(channel.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
-    _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
 
 
 def _close_caller_fds(box: sandbox.Sandbox, keep: list[int]) -> None:
