@@ -83,15 +83,25 @@ def test_the_stub_out_of_descriptors_is_one_line_and_125(launcher):
 # ---------------------------------------------------------------- --dev and the host's device inodes (finding 3)
 
 
-@pytest.mark.parametrize("change", ["chmod 000 /dev/null", "chown 1:1 /dev/null", "touch -d 2001-01-01 /dev/null"])
-def test_dev_nodes_are_usable_but_their_host_inodes_cannot_be_changed(launcher, change):
-    before = os.stat("/dev/null")
+@pytest.fixture
+def host_dev_full():  # type: ignore[no-untyped-def]
+    """/dev/full as it is, put back after the test even if the launcher let a change through."""
+    before = os.stat("/dev/full")
+    yield before
+    os.chmod("/dev/full", stat.S_IMODE(before.st_mode))
+    os.chown("/dev/full", before.st_uid, before.st_gid)
+    os.utime("/dev/full", ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.parametrize("change", ["chmod 644 /dev/full", "chown 1:1 /dev/full", "touch -d 2001-01-01 /dev/full"])
+def test_dev_nodes_are_usable_but_their_host_inodes_cannot_be_changed(launcher, host_dev_full, change):
     result = launcher.sh(f"echo data > /dev/null && head -c 4 /dev/zero | wc -c && {change}")
-    after = os.stat("/dev/null")
+    after = os.stat("/dev/full")
     assert result.stdout == "4\n", result.stderr
     assert result.returncode != 0
     if not launcher.unprivileged:
         assert "Read-only file system" in result.stderr, result.stderr
+    before = host_dev_full
     assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid, after.st_mtime) == (
         stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid, before.st_mtime,
     )
