@@ -47,6 +47,7 @@ from conftest import ROOT, UNPRIVILEGED_GID, UNPRIVILEGED_UID, VENV
 CALLERS = ("root", "unprivileged")
 FORMS = ("make-setup", "venv", "user", "prefix", "system")
 COMMANDS = ("srt-launcher", "srt-bwrap", "srt-socat")
+DEPENDENCIES = ("click", "python-prctl", "pyseccomp", "pyroute2")
 SYSTEM_PYTHON = "/usr/bin/python3"
 VERSION = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -78,6 +79,13 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:  # type: igno
 
 
 
+def on_usr_local(root: Path) -> list[str]:
+    """The argv prefix of a run in a private mount namespace where a
+    ``pip install --root ROOT`` is on /usr/local (the host's is untouched)."""
+    enter = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c"]
+    return enter + ['mount --bind "$0" /usr/local && exec "$@"', str(root / "usr" / "local")]
+
+
 class Install:
     """One installed launcher: where its commands are, and how to run them."""
 
@@ -101,11 +109,11 @@ class Installs:
         self.unprivileged_argv = unprivileged_argv
         self.made: dict[tuple[str, str], Install] = {}
 
-    def pip_install(self, caller: str, python: str, *options: str, home: Path | None = None) -> None:
-        """``python -m pip install OPTIONS srt-launcher`` from the wheels, offline, as ``caller``."""
+    def pip_install(self, caller: str, python: str, *options: str, home: Path | None = None, what: tuple[str, ...] = ("srt-launcher",)) -> None:
+        """``python -m pip install OPTIONS WHAT`` from the wheels, offline, as ``caller``."""
         argv = [*as_caller(caller), python, "-m", "pip", "install", "--no-index", "--no-cache-dir"]
         argv += ["--disable-pip-version-check", "--root-user-action=ignore", "--find-links", str(self.wheels)]
-        argv += [*options, "srt-launcher"]
+        argv += [*options, *what]
         result = run(argv, env={"PATH": PATH, "HOME": str(home or self.scratch())})
         assert result.returncode == 0, f"{' '.join(argv)}\n{result.stdout}\n{result.stderr}"
 
@@ -146,11 +154,8 @@ class Installs:
     def _system(self, caller: str) -> Install:
         root = self.area / "root"
         self.pip_install("root", SYSTEM_PYTHON, "--root", str(root), "--break-system-packages")
-        local = root / "usr" / "local"
-        assert (local / "bin" / "srt-launcher").is_file(), sorted(str(p) for p in root.rglob("*"))[:20]
-        enter = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c"]
-        enter += ['mount --bind "$0" /usr/local && exec "$@"', str(local)]
-        return Install("system", Path("/usr/local/bin"), enter=enter)
+        assert (root / "usr" / "local" / "bin" / "srt-launcher").is_file()
+        return Install("system", Path("/usr/local/bin"), enter=on_usr_local(root))
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +277,42 @@ def test_make_setup_commands_start_without_a_shell():
     assert re.fullmatch(rf"#!{re.escape(str(VENV))}/bin/python[0-9.]* -IS", first), first
     for command in COMMANDS:
         assert (VENV / "bin" / command).stat().st_ino == boot.stat().st_ino, command
+
+
+@pytest.fixture(scope="module")
+def system_dependencies(installs: Installs):  # type: ignore[no-untyped-def]
+    """The dependencies alone, installed system-wide (pip --root, used on
+    /usr/local in a private mount namespace), and a venv made with
+    --system-site-packages that has srt-launcher without them: as with a
+    Debian python3-click, pip found them in the system and skipped them."""
+    root = installs.area / "system-dependencies"
+    installs.pip_install("root", SYSTEM_PYTHON, "--root", str(root), "--break-system-packages", what=DEPENDENCIES)
+    venv = installs.area / "shared-venv"
+    result = run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)])
+    assert result.returncode == 0, result.stderr
+    # Debian's pip, seen through the system site-packages, installing for the venv's interpreter.
+    installs.pip_install("root", str(venv / "bin" / "python"), "--no-deps", "--ignore-installed")
+    return root, venv / "bin"
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("form", ("shared-venv", "user"))
+def test_dependencies_installed_for_the_system_are_found(installs, system_dependencies, form, caller):
+    root, venv_bin = system_dependencies
+    if form == "user":
+        home = world_readable_dir(installs.scratch(), "home", uid_of(caller))
+        installs.pip_install(caller, SYSTEM_PYTHON, "--user", "--no-deps", "--break-system-packages", home=home)
+        bindir = home / ".local" / "bin"
+    else:
+        bindir = venv_bin
+    launch = [str(bindir / "srt-launcher"), "run", "--ro-bind", "/", "/", "--", "/bin/sh", "-c", "exit 7"]
+    help_ = [str(bindir / "srt-launcher"), "--help"]
+    # Without them on /usr/local the launcher cannot start: the test is not vacuous.
+    missing = run([*as_caller(caller), *launch])
+    assert missing.returncode != 7 and "No module named" in missing.stderr
+    for argv, code in ((launch, 7), (help_, 0)):
+        result = run([*on_usr_local(root), *as_caller(caller), *argv])
+        assert (result.returncode, result.stderr) == (code, "")
 
 
 # ---------------------------------------------------------------- the invoked name (SPEC §1)

@@ -127,3 +127,21 @@ def test_direct_start_refuses_a_line_it_cannot_extend_and_changes_nothing(instal
     assert result.stderr == f"direct-start: {boot}: {reason}\n"
     assert {path.name: path.read_bytes() for path in installed.iterdir()} == before
     assert all(path.stat().st_nlink == 1 for path in installed.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("config", "includes"),
+    [
+        (b"home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.2\n", False),
+        (b"home = /usr/bin\ninclude-system-site-packages = true\nversion = 3.11.2\n", True),
+        (b"Include-System-Site-Packages=TRUE", True),  # site.venv() strips and lowercases
+        (b"include-system-site-packages = true\ninclude-system-site-packages = false\n", False),  # the last one
+        (b"home = /usr/bin\n", True),  # absent: site.venv() includes them
+        (b"include-system-site-packages = yes\n", False),  # only "true" is true
+        (b"include-system-site-packages\n", True),  # no "=": not a setting, so absent
+    ],
+)
+def test_pyvenv_cfg_is_read_as_site_reads_it(config, includes):
+    from srt_launcher import _site
+
+    assert _site._includes_system_site_packages(config) is includes
