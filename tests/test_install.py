@@ -78,7 +78,6 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:  # type: igno
     return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, **kwargs)
 
 
-
 def on_usr_local(root: Path) -> list[str]:
     """The argv prefix of a run in a private mount namespace where a
     ``pip install --root ROOT`` is on /usr/local (the host's is untouched)."""
@@ -126,7 +125,8 @@ class Installs:
         # --user installs belong to their user; every other form is made once, by root.
         key = (form, caller if form in ("make-setup", "user") else "any")
         if key not in self.made:
-            self.made[key] = getattr(self, "_" + form.replace("-", "_"))(caller)
+            make = {"make-setup": self._make_setup, "venv": self._venv, "user": self._user, "prefix": self._prefix, "system": self._system}
+            self.made[key] = make[form](caller)
         return self.made[key]
 
     def _make_setup(self, caller: str) -> Install:
