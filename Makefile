@@ -13,7 +13,7 @@ SETUP_APT := python3-venv python3-dev gcc libcap-dev libseccomp2 util-linux
 # python3-pip: tests/test_install.py installs with Debian's own pip (--user,
 # --prefix, --root); bubblewrap and socat are the reference programs the
 # front ends are compared with; ripgrep is what sandbox-runtime needs.
-TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2 \
+TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2 strace \
 	python3-pip bubblewrap socat ffmpeg ripgrep
 # Node and npm (sandbox-runtime): Debian's only where none is on PATH — a
 # NodeSource `nodejs` (Node 20) ships npm and conflicts with Debian's npm.
