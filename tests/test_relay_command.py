@@ -25,7 +25,6 @@ import relay_clients
 from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with, wait_for_sleeper
 
 READY_TIMEOUT = 20.0
-FOREIGN_PROC = Path(__file__).with_name("foreign_proc.py")
 
 
 @pytest.fixture
@@ -549,7 +548,7 @@ def test_sigterm_under_the_proc_of_an_outer_pid_namespace_kills_nothing_it_did_n
     path = shared_dir / "proxy.sock"
     relay_argv = launcher.argv("relay", "--ready-fd", "1", str(path), echo_upstream.address)
     argv = ["unshare", "--user", "--map-root-user", "--pid", "--fork", "--mount", "--mount-proc"]
-    argv += [launcher.python, "-I", str(FOREIGN_PROC), str(path), *relay_argv]
+    argv += [launcher.python, "-I", launcher.helper("foreign_proc.py"), str(path), *relay_argv]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)

@@ -521,8 +521,10 @@ class Bench:
 
     def bench_imports(self) -> None:
         sock = self.res.listening_unix_socket("imports.sock")
-        base_argv = [self.vpy, "-P", "-X", "importtime", "-c", "pass"]
-        run_argv = [self.vpy, "-X", "importtime", *self.srt_full(sock, [self.true])]
+        # -I -S as the installed command starts (srt-launcher-boot refuses
+        # an interpreter without them), for the baseline too.
+        base_argv = [self.vpy, "-I", "-S", "-X", "importtime", "-c", "pass"]
+        run_argv = [self.vpy, "-I", "-S", "-X", "importtime", *self.srt_full(sock, [self.true])]
         runs = [self.importtime(run_argv) for _ in range(self.settings.import_runs)]
         base = {name for _, name, _, _ in self.importtime(base_argv)}
         every = {name for run in runs for _, name, _, _ in run}
@@ -545,7 +547,7 @@ class Bench:
         }
         self.results["imports"] = out
         rows = [
-            ("all top-level imports (cumulative)", _fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, with site"),
+            ("all top-level imports (cumulative)", _fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, -I -S"),
             ("launcher's own (not in `python -c pass`)", _fmt(out["launcher_own_self_ms"], " ms"), "sum of self times"),
         ]
         rows += [(f"  {n}", _fmt(v, " ms"), "top-level, cumulative") for v, n in top[:10]]
