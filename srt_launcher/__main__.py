@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         from srt_launcher.commands import run
 
         code = run.main(args[1:], caller_mask, parent)
-        # Skip interpreter teardown (1-2 ms measured, on every launch): the
+        # Skip interpreter teardown (paid on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
         os._exit(code)
     if args and args[0] == "relay":
@@ -68,7 +68,7 @@ def _socat(args: list[str]) -> None:
 
 
 def die_with_parent(parent: int) -> None:
-    """Arm PDEATHSIG now, before the ≈40 ms click import: ``relay`` serves until
+    """Arm PDEATHSIG now, before the click import, which is slow: ``relay`` serves until
     killed, so a parent that dies during its start-up must take it along.
 
     If the parent died before this process could read its pid (while the

@@ -9,8 +9,9 @@ package went to a ``--prefix``. This adds those directories as ``site``
 would, but never the user site-packages and without reading a single
 ``.pth`` file: nothing a sandboxed command could plant in a home may run in
 the launcher. The boot imports this only when a dependency is not beside the
-package: its source is compiled on every launch, and this step (reading
-pyvenv.cfg, perhaps importing site) cost ≈0.15 ms per launch, measured.
+package: the boot's own source is compiled on every launch, and this step
+(reading pyvenv.cfg, perhaps importing site) would be paid on each
+(docs/performance.md).
 """
 
 import os

@@ -5,9 +5,8 @@ a :class:`~srt_launcher.errors.LauncherError` naming the step and the path.
 prctl options go through python-prctl (see :mod:`srt_launcher.privileges`).
 
 This is ctypes' C core, ``_ctypes``, used directly: ``import ctypes`` builds
-some sixty classes this module never needs, ≈1 ms on every launch (measured,
-venv interpreter: bare 8.1 ms, ``import _ctypes`` 8.6 ms, ``import ctypes``
-9.5 ms; SPEC §4). The handful of C types below are declared exactly as
+some sixty classes this module never needs, on every launch (SPEC §4;
+docs/performance.md). The handful of C types below are declared exactly as
 ``ctypes`` declares them.
 """
 
@@ -295,9 +294,9 @@ class SeccompProgram:
     bytes each) in the form seccomp(2) takes.
 
     Built before fork, so that the process installing it only makes the
-    call: building the struct in a freshly forked worker costs ≈65 µs of
-    copy-on-write faults and first-use work, against ≈20 µs for the call
-    (measured, the tty filter, on every launch).
+    call: building the struct in a freshly forked worker would cost more in
+    copy-on-write faults and first-use work than the call itself, and the
+    tty filter is installed on every launch.
     """
 
     __slots__ = ("_fprog", "_pointer")

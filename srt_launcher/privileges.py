@@ -1,7 +1,7 @@
 """Process attributes set through prctl (python-prctl) and capability dropping.
 
 ``_prctl`` is python-prctl's C interface. The friendly ``prctl`` module builds
-classes for every capability at import time (≈3 ms measured), which the launch
+classes for every capability at import time, which the launch
 path cannot afford (SPEC §4); the C interface it wraps is what we need.
 """
 

@@ -10,7 +10,7 @@ each rule) into ``FILTER.MACHINE.bpf``:
 They are loaded and prepared in the stub (an unsupported host or a broken
 installation fails the launch before any process exists) and installed,
 stacked, by the worker just before exec. This module is on the launch path: it never imports
-pyseccomp (≈30 ms, SPEC §4), and nothing beyond os, sys and modules run.py
+pyseccomp (SPEC §4), and nothing beyond os, sys and modules run.py
 has already loaded.
 """
 

@@ -30,7 +30,7 @@ after the real operation was refused.
 
 Every probe process has PDEATHSIG=SIGKILL and reports over one pipe (one
 marshal'd dict per record, length-prefixed, each written with one write(2):
-marshal is built in, where json's import costs ≈15 ms of a ≈20 ms probe());
+marshal is built in, where json's import would cost most of a probe());
 the parent stops waiting after a deadline and kills the child.
 """
 
@@ -115,7 +115,7 @@ def run_chain(force_user: bool = False, rtnetlink: bool = False, deadline: float
 
     ``force_user``: take the user-namespace route as ``run --unshare-user``
     does. ``rtnetlink``: also check lo's addresses through pyroute2 (check
-    only: its import costs ≈170 ms, so it is imported here, before the fork).
+    only: its import is slow, so it is imported here, before the fork).
     """
     ipr_class = _import_pyroute2() if rtnetlink else None
     read_end, write_end = os.pipe2(os.O_CLOEXEC)

@@ -3,8 +3,8 @@
 A fresh network namespace holds ``lo`` DOWN and nothing else. Setting
 IFF_UP is all it takes: the kernel then assigns 127.0.0.1/8 and, when IPv6 is
 enabled, ::1 by itself. One SIOCSIFFLAGS ioctl does that; pyroute2 would cost
-≈170 ms of imports on a path every agent shell command takes (SPEC §4), and
-``socket`` ≈5 ms of enum building, where ``_socket`` costs ≈0.1 ms.
+its imports on a path every agent shell command takes (SPEC §4), and
+``socket`` its enum building, where ``_socket`` costs next to nothing.
 """
 
 

@@ -9,7 +9,7 @@ check and before a blocking waitpid enters the kernel would wait for a child
 that never exits (a lost SIGTERM, a hung launch). A blocked signal cannot be
 lost: it stays pending until taken.
 
-``_signal``, not ``signal``: the latter builds enums at import (≈5 ms), paid
+``_signal``, not ``signal``: the latter builds enums at import, paid
 on every launch (SPEC §4).
 """
 

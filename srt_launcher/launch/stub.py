@@ -303,7 +303,7 @@ def _seccomp_programs(programs: list) -> list[kernel.SeccompProgram]:
     a workload handed a terminal that is nobody's controlling tty takes it
     with setsid + TIOCSCTTY, so PID 1's setsid is no defence against TIOCSTI).
     Prepared here, before any fork: built in the worker, the same structs
-    cost ≈65 µs of copy-on-write faults per launch."""
+    would cost copy-on-write faults on every launch."""
     from srt_launcher import seccomp
 
     loaded = [seccomp.load_filter(program) if isinstance(program, str) else program for program in programs]

@@ -562,9 +562,9 @@ class _Flow:
     A bulk direction from a TCP socket moves through a pipe of its own by
     splice(2): the pages TCP received go out without a copy through user
     space. From a Unix socket it keeps copying, through a buffer as large
-    as a bulk turn: measured on kernel 6.18 pushing 1 GiB Unix → TCP, splice
-    cost the relay 0.49 s of CPU and gave 2.0 GB/s, a 256 KiB copy 0.37 s
-    and 2.6 GB/s (the other way, TCP → Unix, splice is the cheaper one).
+    as a bulk turn, which costs the relay less CPU than splicing from a Unix
+    socket does (the other way, TCP → Unix, splice is the cheaper one;
+    figures in docs/performance.md).
     """
 
     __slots__ = ("connection", "src", "dst", "src_fd", "dst_fd", "leftover", "in_pipe", "pipe_r", "pipe_w", "open",
