@@ -194,6 +194,8 @@ def _close_operation_fds(box: sandbox.Sandbox) -> None:
 
 def _take_locks(paths: list[str]) -> list[int]:
     """bubblewrap's --lock-file: a read lock on each, held by PID 1 for the sandbox's life."""
+    if not paths:
+        return []
     import fcntl  # imported before the pivot (_import_what_the_sandbox_needs)
 
     held = []
