@@ -91,6 +91,8 @@ def _pid1(plan: Plan) -> int:
     _set_capabilities_for_the_worker(box)
     if box.block_fd is not None:
         _wait_on(box.block_fd)
+    if box.command_fd is not None:
+        _read_command(box)
     env = plan.env
     env["PWD"] = _enter_working_dir(box.chdir, plan.cwd, env.get("HOME"))
     if not box.reaper:
@@ -223,6 +225,26 @@ def _wait_on(fd: int) -> None:
     except OSError:
         pass
     os.close(fd)
+
+
+def _read_command(box: sandbox.Sandbox) -> None:
+    """The deferred command (sandbox.encode_command), read to EOF: the
+    launcher process writes it when a service's launch takes this sandbox,
+    prepared ahead (srt_launcher/api/launcher.py)."""
+    fd = box.command_fd
+    chunks = []
+    try:
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError as err:
+        raise LauncherError.from_os("command fd", str(fd), err) from None
+    finally:
+        os.close(fd)
+        box.command_fd = None
+    decoded = sandbox.decode_command(b"".join(chunks))
+    if decoded is None:
+        raise LauncherError("command fd", str(fd), "closed without a command")
+    box.command, box.timeout = decoded
 
 
 def _enter_working_dir(chdir: str | None, cwd: str | None, home: str | None) -> str:
