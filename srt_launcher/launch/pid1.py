@@ -284,7 +284,7 @@ def _supervise(plan: Plan, worker: int, started: float) -> int:
     if plan.status:
         _kill_everything()  # so that the resource usage counts every process of the sandbox
         limit = _limit_that_killed(box, end[1], wait.usage.get(worker)) if isinstance(wait, _Wait4) else ""
-        _send_end(plan, end[0], end[1], limit, ended - started)
+        _send_end(plan, end[0], end[1], limit, ended - started, code)
     return code
 
 
@@ -331,11 +331,11 @@ def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type
 
 
 
-def _send_end(plan: Plan, cause: str, signum: int, limit: str, wall: float) -> None:
+def _send_end(plan: Plan, cause: str, signum: int, limit: str, wall: float, code: int) -> None:
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    end = report.End(cause, signum, limit, wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss)
+    end = report.End(cause, signum, limit, wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, code)
     report.send(plan.channel, report.END, end.encode())
 
 
