@@ -43,14 +43,23 @@ import threading
 
 from srt_launcher.api import wire
 
-_BOOTSTRAP = (
-    "import sys\n"
-    "sys.path.append(sys.argv[2])\n"
-    "import site\n"
-    "sys.path.extend(d for d in site.getsitepackages() if d not in sys.path)\n"
-    "from srt_launcher.api.launcher import main\n"
-    "main(int(sys.argv[1]))\n"
-)
+# The launcher's sys.path: the standard library (python -I -S), the
+# directory this package was imported from, then the interpreter's own
+# site-packages for python-prctl — found as site.py finds them (a venv's,
+# from the pyvenv.cfg beside the interpreter's bin/; else the system's),
+# without site.main(): no .pth file runs.
+_BOOTSTRAP = """\
+import os, sys
+sys.path.append(sys.argv[2])
+prefix = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
+if os.path.isfile(os.path.join(prefix, "pyvenv.cfg")):
+    sys.path.append(os.path.join(prefix, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+else:
+    import site
+    sys.path.extend(d for d in site.getsitepackages() if d not in sys.path)
+from srt_launcher.api.launcher import main
+main(int(sys.argv[1]))
+"""
 # Where this package was imported from: the launcher imports the same code.
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _ANCILLARY = socket.CMSG_SPACE(wire.MAX_FDS * array.array("i").itemsize)
