@@ -33,6 +33,7 @@ forgets its parent's launcher and starts its own on first use.
 from __future__ import annotations
 
 import array
+import atexit
 import errno
 import marshal
 import os
@@ -40,6 +41,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from srt_launcher.api import wire
 
@@ -194,6 +196,23 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _shutdown() -> None:
+    """At interpreter exit: close our end, so the launcher ends every sandbox
+    and exits now, and reap it (rather than leave its exit to the pidfd, and
+    the orphan to whoever reaps for us)."""
+    global _current
+    conn, _current = _current, None
+    if conn is None:
+        return
+    conn.control.close()
+    deadline = time.monotonic() + 2.0
+    while conn.reap(block=False) is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+atexit.register(_shutdown)
 
 
 # ---------------------------------------------------------------- requests

@@ -53,7 +53,7 @@ import _socket
 import fcntl  # noqa: F401
 import resource  # noqa: F401
 
-from srt_launcher import kernel, sandbox, seccomp  # noqa: F401
+from srt_launcher import kernel, privileges, sandbox, seccomp  # noqa: F401
 from srt_launcher.api import wire
 from srt_launcher.errors import SETUP_FAILED, LauncherError
 from srt_launcher.launch import network, pid1, report, signals, stub  # noqa: F401
@@ -119,10 +119,20 @@ class Launcher:
         self.control = _socket.socket(fileno=control_fd)
         self.control.setblocking(False)
         kernel.close_fds_except([self.caller, control_fd, 2])
+        # A stub we kill leaves its PID 1 (dying of PDEATHSIG) and perhaps a
+        # relay: as a subreaper we adopt and reap them, instead of leaving
+        # zombies to the caller's reaper — a service that is PID 1 of its
+        # container may reap nothing. SIGCHLD wakes the loop through a pipe.
+        privileges.set_child_subreaper()
+        self.wakeup, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        _signal.set_wakeup_fd(wakeup_w, warn_on_full_buffer=False)
+        _signal.signal(_signal.SIGCHLD, _ignore)
         self.poller = select.poll()
         self.poller.register(self.caller, select.POLLIN)
         self.poller.register(control_fd, select.POLLIN)
+        self.poller.register(self.wakeup, select.POLLIN)
         self.children: dict[int, _Instance | None] = {}  # pidfd → instance (None: a probe child)
+        self.pidfds: dict[int, int] = {}  # pid → pidfd of each child not yet reaped
         self.pools: dict[bytes, list[_Instance]] = {}  # description → prepared, least recently used first
         self.boxes: dict[bytes, sandbox.Sandbox] = {}
         self.running: dict[bytes, int] = {}  # description → launched sandboxes still alive
@@ -140,6 +150,8 @@ class Launcher:
                 if fd == self.control.fileno():
                     if not self._receive():
                         return
+                elif fd == self.wakeup:
+                    self._sweep()
                 elif fd in self.children:
                     self._reap(fd)
                 elif fd in self.writes:
@@ -284,9 +296,13 @@ class Launcher:
                 os.close(fd)
             raise
         instance = _Instance(key, pid, pidfd, command_w, [status_r, *client], sources)
-        self.children[pidfd] = instance
-        self.poller.register(pidfd, select.POLLIN)
+        self._watch(pid, pidfd, instance)
         return instance
+
+    def _watch(self, pid: int, pidfd: int, instance: "_Instance | None") -> None:
+        self.children[pidfd] = instance
+        self.pidfds[pid] = pidfd
+        self.poller.register(pidfd, select.POLLIN)
 
     def _take(self, key: bytes) -> _Instance | None:
         """A prepared sandbox of ``key`` that is still what a launch would make."""
@@ -342,13 +358,34 @@ class Launcher:
             if now - self.last_used[key] > IDLE_SECONDS:
                 self._forget(key)
 
+    def _sweep(self) -> None:
+        """Reap every child that has exited: ours, and the orphans we adopted."""
+        try:
+            while os.read(self.wakeup, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            if pid in self.pidfds:
+                self._reaped(self.pidfds[pid])
+
     def _reap(self, pidfd: int) -> None:
         try:
             if os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG) is None:
                 return
         except ChildProcessError:
-            pass
+            pass  # reaped by _sweep already
+        self._reaped(pidfd)
+
+    def _reaped(self, pidfd: int) -> None:
         instance = self.children.pop(pidfd)
+        self.pidfds = {pid: fd for pid, fd in self.pidfds.items() if fd != pidfd}
         self.poller.unregister(pidfd)
         os.close(pidfd)
         if instance is None:
@@ -376,18 +413,24 @@ class Launcher:
         pid = os.fork()
         if pid == 0:
             _probe_main(reply)
-        pidfd = os.pidfd_open(pid)
-        self.children[pidfd] = None
-        self.poller.register(pidfd, select.POLLIN)
+        self._watch(pid, os.pidfd_open(pid), None)
 
     # ------------------------------------------------------------ the end
 
     def shutdown(self) -> None:
+        """Kill every sandbox, and reap them and what they leave (for at most a second)."""
         for pidfd in self.children:
             try:
                 _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
             except OSError:
                 pass
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                if not os.waitpid(-1, os.WNOHANG)[0]:
+                    time.sleep(0.002)
+            except ChildProcessError:
+                return
 
 
 # ---------------------------------------------------------------- requests
@@ -484,10 +527,22 @@ def _kill(instance: _Instance) -> None:
         pass
 
 
+def _ignore(signum: int, frame: object) -> None:
+    """SIGCHLD's handler: the signal only wakes the loop (set_wakeup_fd)."""
+
+
+def _leave_the_launcher() -> None:
+    """First thing in a forked child: none of the launcher's signal plumbing
+    (the wakeup descriptor is closed next; its number may be reused)."""
+    _signal.set_wakeup_fd(-1)
+    _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
+
+
 def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int, launcher: int) -> None:
     """In the forked child: become the sandbox's stub; never returns."""
     code = SETUP_FAILED
     try:
+        _leave_the_launcher()
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
         # Nothing of the launcher's (its socket, other sandboxes' streams)
@@ -510,6 +565,7 @@ def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int
 def _probe_main(reply: _socket.socket) -> None:
     code = 0
     try:
+        _leave_the_launcher()
         kernel.close_fds_except([reply.fileno(), 2])
         from srt_launcher.check import probes
 
