@@ -25,9 +25,10 @@ is left), so that preparing competes with no launch for the CPU. Only captured r
 are pipes the launcher makes, so nothing of the caller is needed ahead.
 
 A prepared sandbox must be the sandbox the launch would make now: before
-handing one out the launcher checks that every bind source still is the
-file it was (same device and inode, following symlinks, as the stub
-resolved it), else it is dropped and a fresh one made. Mounts the host adds
+handing one out the launcher checks that every bind source (and relay
+socket) still is the file it was (same device and inode, following
+symlinks, as the stub resolved it), else it is dropped and a fresh one
+made. Mounts the host adds
 later under a bound tree reach it anyway (the binds are slaves of the
 host's mounts, SPEC §2.3).
 
@@ -501,9 +502,9 @@ def _pipe(reader: list[int], writer: list[int]) -> tuple[int, int]:
 
 
 def _sources(box: sandbox.Sandbox) -> list:
-    """What each bind source is now: (path, (device, inode)) or (path, None) if missing."""
+    """What each host path of the launch is now: (path, (device, inode)), or (path, errno)."""
     found = []
-    for path, _ in wire.bind_sources(box):
+    for path in wire.host_paths(box):
         try:
             info = os.stat(path)
             found.append((path, (info.st_dev, info.st_ino)))

@@ -111,12 +111,12 @@ def _mount(fields: tuple) -> sandbox.Mount:
     return sandbox.Mount(kind, dest, source, **values)
 
 
-def bind_sources(box: sandbox.Sandbox) -> list[tuple[str, bool]]:
-    """(path, optional) of every host path the launch resolves (binds, overlays)."""
-    sources = []
+def host_paths(box: sandbox.Sandbox) -> list[str]:
+    """Every host path a launch of ``box`` resolves or pins: bind and overlay
+    sources, relays' Unix sockets."""
+    paths = []
     for mount in box.mounts:
         if mount.kind in sandbox.BIND_KINDS or mount.kind in sandbox.OVERLAY_KINDS:
-            for path in (mount.source, mount.work, *mount.lower):
-                if path is not None:
-                    sources.append((path, mount.optional))
-    return sources
+            paths += [path for path in (mount.source, mount.work, *mount.lower) if path is not None]
+    paths += [socket_path for _, socket_path in box.relays]
+    return paths
