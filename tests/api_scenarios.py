@@ -390,8 +390,9 @@ def prepared_sees_host_changes(directory: str) -> dict:
         handle.write("one\n")
     box = Sandbox(mounts=[RoBind("/usr"), Symlink("usr/bin", "/bin"), Symlink("usr/lib", "/lib"), Symlink("usr/lib64", "/lib64"),
                           RoBind(path, "/data/input"), RoBind(directory, "/dir")])  # fmt: skip
-    seen = [box.run(["/bin/cat", "/data/input"]).stdout.decode()]
-    time.sleep(0.3)  # the launcher prepares the next sandbox of this description
+    # Launched twice, a description is kept prepared: the next launch takes a sandbox made before the change.
+    seen = [box.run(["/bin/cat", "/data/input"]).stdout.decode() for _ in range(2)]
+    time.sleep(0.3)
     replacement = path + ".new"
     with open(replacement, "w") as handle:
         handle.write("two\n")
@@ -404,6 +405,26 @@ def prepared_sees_host_changes(directory: str) -> dict:
     os.remove(path)
     missing = box.run(["/bin/cat", "/data/input"])
     return {"seen": seen, "listing": listing, "missing": as_dict(missing)}
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(item) for item in handle.read().split()]
+
+
+@scenario
+def prepared_only_when_repeated(spec: dict) -> dict:
+    """A description launched once (a sandbox per upload) is not prepared; one launched again is."""
+    box = sandbox_of(spec)
+    box.run(["/bin/true"])
+    launcher = client.launcher_pid()
+    time.sleep(0.5)
+    after_one = len(children_of(launcher))
+    box.run(["/bin/true"])
+    deadline = time.monotonic() + 10
+    while len(children_of(launcher)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"after_one": after_one, "after_two": len(children_of(launcher))}
 
 
 @scenario

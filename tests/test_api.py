@@ -290,9 +290,14 @@ def test_a_megabyte_file_travels_out_of_band(api):
 
 def test_a_prepared_sandbox_still_sees_the_host_as_it_is_now(api, scratch):
     got = api.call("prepared_sees_host_changes", directory=str(scratch))
-    assert got["seen"] == ["one\n", "two\n"]
+    assert got["seen"] == ["one\n", "one\n", "two\n"]
     assert "later" in got["listing"]
     assert got["missing"]["cause"] == "setup-failed" and got["missing"]["error"]["step"] == "ro-bind source"
+
+
+def test_only_a_description_launched_again_is_prepared_ahead(api):
+    got = api.call("prepared_only_when_repeated", spec=SYSTEM)
+    assert got == {"after_one": 0, "after_two": 2}
 
 
 # ---------------------------------------------------------------- popen

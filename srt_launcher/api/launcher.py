@@ -15,12 +15,14 @@ to import. It serves the client's requests (api/wire.py) on one socket::
 (``Sandbox.command_fd``): it enters the namespaces, PID 1 builds the root,
 and then waits. When a launch asks for the same description, the launcher
 writes the command to it and hands its streams to the client: the launch
-costs the worker's fork, the exec and the exit, nothing else. Once a
-description has been launched, the launcher keeps sandboxes of it prepared:
-as many as were ever running at once (at least 2, at most ``MAX_DEPTH``),
-for the ``MAX_KEYS`` descriptions used last; a description unused for
-``IDLE_SECONDS`` is dropped. It refills while no sandbox runs (unless none
-is left), so that preparing competes with no launch for the CPU. Only captured runs
+costs the worker's exec and the exit, nothing else: PID 1 has even forked
+the worker, which waits for the command. Once a description has been
+launched twice, the launcher keeps sandboxes of it prepared: as many as
+were ever running at once (at least 2, at most ``MAX_DEPTH``), for the
+``MAX_KEYS`` descriptions used last; a description unused for
+``IDLE_SECONDS`` is dropped, and one launched once (a sandbox per upload)
+is never prepared. It refills while no sandbox runs (unless none is
+left), so that preparing competes with no launch for the CPU. Only captured runs
 (``run``, ``run_async``, ``popen`` with three pipes) use them: their stdio
 are pipes the launcher makes, so nothing of the caller is needed ahead.
 
@@ -63,6 +65,7 @@ from srt_launcher.relay import inside  # noqa: F401
 MAX_DEPTH = 8  # prepared sandboxes of one description
 MAX_KEYS = 4  # descriptions kept prepared
 IDLE_SECONDS = 60.0  # a prepared sandbox unused this long is dropped
+_SEEN = 256  # descriptions whose launches are counted
 _ANCILLARY = _socket.CMSG_SPACE(wire.MAX_FDS * array.array("i").itemsize)
 
 
@@ -91,7 +94,7 @@ def main(control_fd: int) -> None:
 class _Instance:
     """One sandbox forked by the launcher: prepared (waiting for a command) or launched."""
 
-    __slots__ = ("key", "pid", "pidfd", "command", "client_fds", "sources", "born", "launched")
+    __slots__ = ("key", "pid", "pidfd", "command", "client_fds", "sources", "launched")
 
     def __init__(self, key: bytes | None, pid: int, pidfd: int, command: int, client_fds: list[int], sources: list) -> None:
         self.key = key
@@ -100,7 +103,6 @@ class _Instance:
         self.command = command  # write end of the command pipe, non-blocking; -1 once written
         self.client_fds = client_fds  # status (read end), then stdin, stdout, stderr for pipes
         self.sources = sources
-        self.born = time.monotonic()
         self.launched = False
 
     def close_client_fds(self) -> None:
@@ -140,6 +142,7 @@ class Launcher:
         self.writes: dict[int, tuple[_Instance, memoryview]] = {}  # command pipe → what is left to write
         self.last_used: dict[bytes, float] = {}
         self.peak: dict[bytes, int] = {}  # description → most launches running at once (the depth to keep)
+        self.seen: dict[int, int] = {}  # hash of a description → launches lately (bounded)
 
     # ------------------------------------------------------------ the loop
 
@@ -231,7 +234,8 @@ class Launcher:
         instance.launched = True
         if instance.key is not None:
             self.running[key] = self.running.get(key, 0) + 1
-            self.peak[key] = max(self.peak.get(key, 0), self.running[key])
+            if key in self.pools:
+                self.peak[key] = max(self.peak.get(key, 0), self.running[key])
         self._start(instance, argv, timeout)
         # The client gets the status pipe, the stub's pidfd and its streams; we keep the pidfd.
         if not _answer(reply, (True, instance.pid), [instance.client_fds[0], instance.pidfd, *instance.client_fds[1:]]):
@@ -316,10 +320,20 @@ class Launcher:
         return None
 
     def _remember(self, key: bytes, box: sandbox.Sandbox) -> None:
-        """``key`` was just launched: keep it prepared, most recent last; forget the oldest."""
+        """``key`` was just launched. A description launched again is kept
+        prepared from then on (most recent last, the oldest forgotten beyond
+        MAX_KEYS); one launched once — a sandbox per upload — is never
+        prepared for nothing."""
+        digest = hash(key)
+        self.seen[digest] = self.seen.pop(digest, 0) + 1
+        while len(self.seen) > _SEEN:
+            del self.seen[next(iter(self.seen))]
+        if key not in self.pools and self.seen[digest] < 2:
+            return
         self.boxes[key] = box
         self.pools[key] = self.pools.pop(key, [])
         self.last_used[key] = time.monotonic()
+        self.peak[key] = max(self.peak.get(key, 0), self.running.get(key, 0))
         while len(self.pools) > MAX_KEYS:
             oldest = next(iter(self.pools))
             self._forget(oldest)
@@ -401,6 +415,8 @@ class Launcher:
         if instance.launched:
             if instance.key is not None:
                 self.running[instance.key] -= 1
+                if not self.running[instance.key]:
+                    del self.running[instance.key]
         elif instance in self.pools.get(instance.key, ()):  # type: ignore[arg-type]
             # A prepared sandbox died unused: this description cannot be
             # prepared (a bind source is missing...). Stop, rather than fork
