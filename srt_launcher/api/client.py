@@ -19,7 +19,8 @@ process (srt_launcher/api/launcher.py), which makes every sandbox:
 * dying with the calling process — not with the thread that started it: it
   watches a pidfd of the caller, which becomes readable when the whole
   process has exited (PDEATHSIG would fire when the starting thread exits);
-  it also exits when its end of the socket closes (the caller exec'd);
+  it also exits when its end of the socket closes: the caller exec'd, or is
+  exiting (an atexit hook closes it and reaps the launcher);
 * replaced transparently: when a request cannot be sent (the launcher died),
   a new one is started and the request sent again; a launch already sent
   sees its reply or status channel close and reports ``SETUP_FAILED``.

@@ -389,53 +389,63 @@ async def drive_async(session: Session) -> None:
     """Run ``session`` to its end on the running asyncio loop (no thread)."""
     import asyncio
 
-    loop = asyncio.get_running_loop()
-    finished = loop.create_future()
-    watched: dict[int, bool] = {}
-    timer = None
-
-    def update() -> None:
-        nonlocal timer
-        if session.done:
-            if not finished.done():
-                finished.set_result(None)
-            wanted: dict[int, bool] = {}
-        else:
-            wanted = dict(session.interest())
-        for fd, write in list(watched.items()):
-            if wanted.get(fd) is not write:
-                (loop.remove_writer if write else loop.remove_reader)(fd)
-                del watched[fd]
-        for fd, write in wanted.items():
-            if fd not in watched:
-                (loop.add_writer if write else loop.add_reader)(fd, on_ready, fd)
-                watched[fd] = write
-        if timer is not None:
-            timer.cancel()
-            timer = None
-        timeout = None if session.done else session.next_timeout(time.monotonic())
-        if timeout is not None:
-            timer = loop.call_later(timeout, on_tick)
-
-    def on_ready(fd: int) -> None:
-        if fd in watched and not session.done:
-            session.ready(fd)
-        update()
-
-    def on_tick() -> None:
-        session.tick(time.monotonic())
-        update()
-
+    driver = _LoopDriver(session, asyncio.get_running_loop())
     try:
-        update()
-        await finished
+        driver.update()
+        await driver.finished
     except BaseException:
         if not session.done:
-            session.kill(Cause.SIGNALED)
+            session.kill(Cause.SIGNALED)  # cancelled: the sandbox must not outlive the task
         raise
     finally:
-        for fd, write in watched.items():
-            (loop.remove_writer if write else loop.remove_reader)(fd)
-        if timer is not None:
-            timer.cancel()
+        driver.stop()
         session.close()
+
+
+class _LoopDriver:
+    """Keeps the loop's readers, writers and timer in step with what the session waits for."""
+
+    def __init__(self, session: Session, loop) -> None:  # type: ignore[no-untyped-def]
+        self.session = session
+        self.loop = loop
+        self.finished = loop.create_future()
+        self.watched: dict[int, bool] = {}  # fd → for writing
+        self.timer = None
+
+    def update(self) -> None:
+        session = self.session
+        if session.done and not self.finished.done():
+            self.finished.set_result(None)
+        wanted = {} if session.done else dict(session.interest())
+        for fd, write in list(self.watched.items()):
+            if wanted.get(fd) is not write:
+                self._unwatch(fd, write)
+        for fd, write in wanted.items():
+            if fd not in self.watched:
+                (self.loop.add_writer if write else self.loop.add_reader)(fd, self.on_ready, fd)
+                self.watched[fd] = write
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        timeout = None if session.done else session.next_timeout(time.monotonic())
+        if timeout is not None:
+            self.timer = self.loop.call_later(timeout, self.on_tick)
+
+    def on_ready(self, fd: int) -> None:
+        if fd in self.watched and not self.session.done:
+            self.session.ready(fd)
+        self.update()
+
+    def on_tick(self) -> None:
+        self.session.tick(time.monotonic())
+        self.update()
+
+    def _unwatch(self, fd: int, write: bool) -> None:
+        (self.loop.remove_writer if write else self.loop.remove_reader)(fd)
+        del self.watched[fd]
+
+    def stop(self) -> None:
+        for fd, write in list(self.watched.items()):
+            self._unwatch(fd, write)
+        if self.timer is not None:
+            self.timer.cancel()
