@@ -1,7 +1,8 @@
 """The filesystem of a sandbox, as the Python API spells it (SPEC §9).
 
 A sandbox starts from an empty root; ``Sandbox(mounts=[...])`` adds these in
-order, exactly like the ``run`` options of the same names (SPEC §2.4, §6)::
+order, exactly like the ``run`` options of the same names (SPEC §2.4, §6),
+then the root is made read-only (only a Tmpfs or a Bind is writable)::
 
     RoBind("/usr")                    # the host's /usr, read-only
     Bind("/srv/out", "/out")          # read-write
@@ -112,7 +113,7 @@ class Tmpfs(_AtBase):
 
 @dataclass(frozen=True)
 class Dir(_AtBase):
-    """An empty directory at ``dest`` (0755), in whatever holds it."""
+    """An empty directory at ``dest`` (0755), in whatever holds it (read-only in the root)."""
 
     _KIND = sandbox.DIR
 

@@ -58,7 +58,8 @@ class Sandbox:
     """An immutable sandbox description; keyword arguments only.
 
     ``mounts``: the filesystem, built in order from an empty root (see
-    :mod:`srt_launcher.api.mounts`). ``network``: ``False`` (the default) a
+    :mod:`srt_launcher.api.mounts`), which is then made read-only (unless a
+    mount is at ``/``): only a ``Tmpfs`` or a ``Bind`` is writable. ``network``: ``False`` (the default) a
     network namespace of its own with only ``lo``; a sequence of
     :class:`Relay` the same plus those relays; ``True`` the host's network,
     unconfined. ``env``: the whole environment (nothing is inherited from
@@ -117,6 +118,11 @@ class Sandbox:
         box.cgroup = "cgroup" in self.namespaces  # type: ignore[operator]
         box.hostname = self.hostname
         box.mounts = [mount.to_engine() for mount in self.mounts]
+        if not any(mount.dest == "/" for mount in box.mounts):
+            # The root is an empty tmpfs holding the mount points: read-only
+            # once built, so that writing goes only where a Tmpfs or a Bind
+            # says (a read-only view by default).
+            box.mounts.append(engine.Mount(engine.REMOUNT_RO, "/"))
         env = dict(self.env)  # type: ignore[arg-type]
         env.setdefault("PATH", DEFAULT_PATH)
         box.env = [(engine.CLEARENV,), *((engine.SETENV, key, value) for key, value in env.items())]

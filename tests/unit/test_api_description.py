@@ -44,7 +44,9 @@ def test_a_sandbox_and_the_equivalent_run_command_line_make_the_same_description
 
 def test_defaults_are_a_network_namespace_and_a_clean_environment():
     box = Sandbox().to_engine()
-    assert box.net and box.pid and box.relays == [] and box.mounts == []
+    assert box.net and box.pid and box.relays == []
+    assert box.mounts == [engine.Mount(engine.REMOUNT_RO, "/")], "the empty root is read-only once built"
+    assert Sandbox(mounts=[Bind("/srv", "/")]).to_engine().mounts == [engine.Mount(engine.BIND, "/", "/srv")]
     assert box.env == [(engine.CLEARENV,), (engine.SETENV, "PATH", "/usr/local/bin:/usr/bin:/bin")]
     assert box.user == engine.USERNS_IF_NEEDED and not (box.ipc or box.uts or box.cgroup)
     assert Sandbox(network=True).to_engine().net is False
