@@ -10,10 +10,22 @@ VPY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip --disable-pip-version-check -q
 
 SETUP_APT := python3-venv python3-dev gcc libcap-dev libseccomp2 util-linux
-TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2 ffmpeg
+# python3-pip: tests/test_install.py installs with Debian's own pip (--user,
+# --prefix, --root); bubblewrap and socat are the reference programs the
+# front ends are compared with; ripgrep is what sandbox-runtime needs.
+TEST_APT := tinyproxy openssh-server openssh-client git curl procps iproute2 strace \
+	python3-pip bubblewrap socat ffmpeg ripgrep
+# Node and npm (sandbox-runtime): Debian's only where none is on PATH — a
+# NodeSource `nodejs` (Node 20) ships npm and conflicts with Debian's npm.
+TEST_APT += $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)
 BENCH_APT := bubblewrap socat procps
 
-SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) scripts/srt-launcher pyproject.toml
+# The dependencies, also kept as wheels in $(VENV)/wheels with the project's
+# own: tests/test_install.py installs from there (offline, and the very wheel
+# `make setup` installed).
+DEPS := click python-prctl pyseccomp pyroute2
+SCRIPTS := scripts/srt-launcher scripts/srt-bwrap scripts/srt-socat scripts/srt-launcher-boot scripts/direct-start
+SOURCES := $(shell find srt_launcher bpf -type f \( -name '*.py' -o -name '*.bpf' \) 2>/dev/null) $(SCRIPTS) pyproject.toml
 
 .PHONY: setup demo test bench bpf clean
 
@@ -38,26 +50,32 @@ $(VENV)/.deps: pyproject.toml
 	$(call apt_ensure,$(SETUP_APT))
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install click python-prctl pyseccomp pyroute2 pytest
+	@# --use-pep517: python-prctl has only a setup.py, and the venv no `wheel`.
+	$(PIP) wheel --use-pep517 -w $(VENV)/wheels $(DEPS)
+	$(PIP) install --no-index --find-links $(VENV)/wheels $(DEPS)
+	$(PIP) install pytest
 	@# setuptools' distutils-precedence.pth runs on every interpreter start
 	@# (≈0.3 ms per launch, measured); the package builds in pip's isolated env.
 	$(PIP) uninstall -y setuptools
 	touch $@
 
-# A real (non-editable) install, so the launcher under test is the one a user
-# gets from the wheel, bpf blobs included. World-readable for the uid-65534 runs.
+# A real (non-editable) install of the wheel, so the launcher under test is
+# the one a user gets, bpf blobs included. World-readable for the uid-65534 runs.
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
 	@# Built from a scratch copy: no build/ or egg-info in the checkout, and
 	@# two venvs can be (re)installed at once without sharing a build dir.
+	@rm -f $(VENV)/wheels/srt_launcher-*.whl
 	@stage=$$(mktemp -d) && cp -r pyproject.toml README.md srt_launcher bpf scripts "$$stage"/ && \
-	  $(PIP) install --no-deps --force-reinstall "$$stage" >/dev/null; \
+	  $(PIP) wheel --no-deps -w $(VENV)/wheels "$$stage" >/dev/null; \
 	  rc=$$?; rm -rf "$$stage"; exit $$rc
-	@# pip writes a bare #!…/python (the interpreter's path as is, whatever
-	@# its length). One argument on a #! line: -I -S as -IS (see scripts/srt-launcher).
-	sed -i '1s|^\(#!.*python[0-9.]*\)$$|\1 -IS|' $(VENV)/bin/srt-launcher
-	@# Without -I the caller's PYTHONPATH would choose the code that runs: refuse to install so.
-	@head -1 $(VENV)/bin/srt-launcher | grep -q -- ' -IS$$' || \
-	  { echo "make: could not add -IS to the #! line of $(VENV)/bin/srt-launcher" >&2; exit 1; }
+	$(PIP) install --no-deps --force-reinstall $(VENV)/wheels/srt_launcher-*.whl >/dev/null
+	@# The fast start (README, "Installation"): the commands become hard links
+	@# to srt-launcher-boot, whose #! line carries -IS, instead of the /bin/sh
+	@# wrappers pip wrote (one exec, ≈1 ms, less per launch).
+	scripts/direct-start $(VENV)/bin
+	@# The isolation must hold on this path too: refuse an install that lost it.
+	@head -1 $(VENV)/bin/srt-launcher | grep -qx -- '#!/.*python[0-9.]* -IS' || \
+	  { echo "make: $(VENV)/bin/srt-launcher does not start its interpreter with -IS" >&2; exit 1; }
 	chmod -R a+rX $(VENV)
 	touch $@
 

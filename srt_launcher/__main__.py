@@ -2,20 +2,29 @@
 
 ``run`` takes a fast path that never imports click, pyroute2 or pyseccomp
 (SPEC §4): its argv is parsed from a table because mount order is semantic.
-Every other subcommand, and help for them, goes through the click group.
+So does the socat front end, run as ``socat``/``srt-socat`` (argv[0]'s
+basename) or ``srt-launcher socat``. Every other subcommand, and help for
+them, goes through the click group.
 """
 
 import os
 import sys
 
+SOCAT_NAMES = ("socat", "srt-socat")
+
 
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()  # first: the later this is read, the longer a dead parent goes unnoticed
     args = list(sys.argv[1:] if argv is None else argv)
     # Multicall: the variable selected this program; the workload must not see it.
     if os.environ.get("ARGV0") == "srt-launcher":
         del os.environ["ARGV0"]
+    # The socat front end: by the name it was run under, or as a subcommand.
+    if argv is None and os.path.basename(sys.argv[0]) in SOCAT_NAMES:
+        _socat(args)
+    if args and args[0] == "socat":
+        _socat(args[1:])
     if args and args[0] == "run":
-        parent = os.getppid()
         from srt_launcher.launch import signals
 
         # Blocked before the imports below: a SIGTERM or ^C that lands while
@@ -28,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         # Skip interpreter teardown (1-2 ms measured, on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
         os._exit(code)
+    if args and args[0] == "relay":
+        die_with_parent(parent)
     import click
 
     from srt_launcher.cli import cli
@@ -45,6 +56,32 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LauncherError as err:
         return report(err)
+
+
+def _socat(args: list[str]) -> None:
+    """socat's command line, without click (a launch path, SPEC §4)."""
+    from srt_launcher.commands import socat
+
+    # os._exit: a pump thread may still be blocked after -t ended the
+    # transfer, and everything was written with os.write.
+    os._exit(socat.main(args))
+
+
+def die_with_parent(parent: int) -> None:
+    """Arm PDEATHSIG now, before the ≈40 ms click import: ``relay`` serves until
+    killed, so a parent that dies during its start-up must take it along.
+
+    If the parent died before this process could read its pid (while the
+    interpreter started), ``parent`` already names the reaper: then nothing
+    here can tell, but a ``--ready-fd`` pipe whose only reader was the parent
+    fails the readiness write (EPIPE), and the relay exits.
+    """
+    import _prctl
+
+    _prctl.prctl(_prctl.PR_SET_PDEATHSIG, 9)  # SIGKILL; the signal module is not loaded yet
+    _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+    if os.getppid() != parent:
+        os._exit(0)  # the parent died before PDEATHSIG was armed: nobody would ever end us
 
 
 if __name__ == "__main__":

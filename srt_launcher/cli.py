@@ -59,3 +59,19 @@ def relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
 
 cli.add_command(connect)
 cli.add_command(check)
+
+
+@cli.command(
+    "socat",
+    short_help="The socat subset sandbox tools use (srt-launcher socat --help).",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "allow_interspersed_args": False},
+)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[-d...] [-t SECONDS] ADDRESS1 ADDRESS2")
+def socat_command(args: tuple[str, ...]) -> None:
+    """socat's command line (its own help: srt-launcher socat --help)."""
+    from srt_launcher.commands import socat
+
+    # Reached only when options precede the subcommand; `srt-launcher socat`
+    # itself is parsed without click (__main__).
+    raise SystemExit(socat.main(list(args)))

@@ -120,8 +120,14 @@ def message(err: LauncherError, program: str = "srt-launcher", hint: bool = Fals
     return text
 
 
+_LONGEST_SHOWN = 200
+
+
 def printable(value: str) -> str:
-    """Hostile values (a repository URL, a path) must not forge extra stderr lines."""
+    """Hostile values (a repository URL, a path) must not forge extra stderr
+    lines, nor bury the message under megabytes of themselves."""
+    if len(value) > _LONGEST_SHOWN:
+        value = f"{value[:_LONGEST_SHOWN // 2]}...({len(value)} characters)"
     return value.encode("unicode_escape", "backslashreplace").decode("ascii") if not value.isprintable() else value
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 # make setup VENV=... with SRT_LAUNCHER_VENV=... tests another venv (one per developer).
 VENV = Path(os.environ.get("SRT_LAUNCHER_VENV", ROOT / ".venv")).absolute()
 UNPRIVILEGED_UID = 65534
 UNPRIVILEGED_GID = 65534
 MODES = ("root", "unprivileged", "root-userns")
-SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 # A whole-system read-only view with its own /proc and /dev: what most tests run in.
 SYSTEM = ("--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev")
@@ -52,45 +52,79 @@ def root_argv() -> list[str]:
     return [str(script)]
 
 
-@pytest.fixture(scope="session")
-def unprivileged_argv(root_argv: list[str]) -> list[str]:
-    """A launcher uid 65534 can execute.
+def helper_scripts() -> list[Path]:
+    """The programs of tests/ that runs execute (tests/subreaper.py...): every
+    module there that is neither a test module nor this file."""
+    return sorted(path for path in TESTS.glob("*.py") if path.name != "conftest.py" and not path.name.startswith("test_"))
 
-    The checkout may sit under a directory other users cannot search (CI
-    clones where it likes; /root is 0700). Then the (non-editable) venv is
-    copied to a world-readable directory, and its command's #! line (an
-    absolute path, with the interpreter flags `make setup` gave it) is
-    pointed at the copy's interpreter.
+
+@pytest.fixture(scope="session")
+def unprivileged_place():  # type: ignore[no-untyped-def]
+    """A world-readable directory for everything an unprivileged run executes.
+
+    CI clones where it likes (a `mktemp -d` is 0700, /root too), so uid 65534
+    may reach nothing of the checkout: the helper scripts are copied here
+    (``Launcher.helper``), and so is the venv when its own is out of reach
+    (``unprivileged_argv``). Removed at the end of the session.
     """
+    place = Path(tempfile.mkdtemp(prefix="srt-launcher-unprivileged-", dir="/var/tmp"))
+    try:
+        place.chmod(0o755)
+        (place / "helpers").mkdir(mode=0o755)
+        for script in helper_scripts():
+            shutil.copyfile(script, place / "helpers" / script.name)
+            (place / "helpers" / script.name).chmod(0o644)
+        probe = subprocess.run(
+            ["/bin/cat", *(str(place / "helpers" / script.name) for script in helper_scripts())],
+            user=UNPRIVILEGED_UID, group=UNPRIVILEGED_GID, extra_groups=[], cwd="/",
+            capture_output=True, text=True, timeout=60,
+        )
+        if probe.returncode != 0:
+            pytest.exit(f"uid {UNPRIVILEGED_UID} cannot read the copies of tests/ helpers in {place}: {probe.stderr.strip()}", returncode=1)
+        yield place
+    finally:
+        shutil.rmtree(place, ignore_errors=True)
+
+
+def relocate_venv(venv: Path, copy: Path) -> None:
+    """Copy ``venv`` to ``copy``, pointing its commands' #! lines (absolute
+    paths, with the flags make setup gave them) at the copy's interpreter."""
+    shutil.copytree(venv, copy, symlinks=True)
+    old, new = f"#!{venv}/".encode(), f"#!{copy}/".encode()
+    for command in (copy / "bin").iterdir():
+        if command.is_symlink() or not command.is_file():
+            continue
+        content = command.read_bytes()
+        if content.startswith(old):
+            command.write_bytes(new + content[len(old):])
+
+
+@pytest.fixture(scope="session")
+def unprivileged_argv(root_argv: list[str], unprivileged_place: Path) -> list[str]:
+    """A launcher uid 65534 can execute: the venv's own if uid 65534 reaches
+    it, else a copy in the unprivileged place."""
     try:
         reachable = _can_run_as_unprivileged(root_argv).returncode == 0
     except PermissionError:  # the #! interpreter or the script itself is out of reach
         reachable = False
     if reachable:
-        yield root_argv
-        return
-    copy = Path(tempfile.mkdtemp(prefix="srt-launcher-unprivileged-", dir="/var/tmp"))
-    copy.chmod(0o755)
-    shutil.copytree(VENV, copy / "venv", symlinks=True)
-    script = copy / "venv" / "bin" / "srt-launcher"
-    lines = script.read_text().splitlines(keepends=True)
-    lines[0] = lines[0].replace(str(VENV), str(copy / "venv"), 1)
-    script.write_text("".join(lines))
-    argv = [str(script)]
+        return root_argv
+    copy = unprivileged_place / "venv"
+    relocate_venv(VENV, copy)
+    argv = [str(copy / "bin" / "srt-launcher")]
     probe = _can_run_as_unprivileged(argv)
     if probe.returncode != 0:
-        shutil.rmtree(copy, ignore_errors=True)
-        pytest.fail(f"uid {UNPRIVILEGED_UID} cannot run the launcher even from {copy}: {probe.stderr.strip()}")
-    yield argv
-    shutil.rmtree(copy, ignore_errors=True)
+        pytest.exit(f"uid {UNPRIVILEGED_UID} cannot run the launcher even from {copy}: {probe.stderr.strip()}", returncode=1)
+    return argv
 
 
 class Launcher:
     """The launcher as one kind of caller runs it."""
 
-    def __init__(self, mode: str, argv_prefix: list[str]) -> None:
+    def __init__(self, mode: str, argv_prefix: list[str], helpers: Path = TESTS) -> None:
         self.mode = mode
         self.argv_prefix = argv_prefix
+        self.helpers = helpers
         self.unprivileged = mode == "unprivileged"
         self.uid = UNPRIVILEGED_UID if self.unprivileged else 0
         self.gid = UNPRIVILEGED_GID if self.unprivileged else 0
@@ -102,6 +136,12 @@ class Launcher:
     def python(self) -> str:
         """The venv interpreter beside the command this caller runs (reachable by it)."""
         return str(Path(self.argv_prefix[0]).parent / "python")
+
+    def helper(self, name: str) -> str:
+        """The path of tests/NAME (a helper script) that this caller can read."""
+        path = self.helpers / name
+        assert path.is_file(), f"{name} is not a helper of tests/ (see helper_scripts)"
+        return str(path)
 
     def argv(self, subcommand: str, *args: str) -> list[str]:
         argv = [*self.argv_prefix, subcommand]
@@ -128,7 +168,7 @@ class Launcher:
         """Run ``argv`` as this caller, below a child subreaper (tests/subreaper.py):
         its result, and the pids of the orphans the subreaper inherited."""
         result = subprocess.run(
-            [self.python, "-I", str(SUBREAPER), *argv],
+            [self.python, "-I", self.helper("subreaper.py"), *argv],
             capture_output=True, text=True, timeout=timeout, **self.process_kwargs(),
         )
         assert result.returncode == 0, result.stderr
@@ -148,20 +188,23 @@ class Launcher:
         return subprocess.run(self.argv(subcommand, *args), timeout=timeout, **self.process_kwargs(**kwargs))
 
 
+def _launcher(request: pytest.FixtureRequest, mode: str, root_argv: list[str]) -> Launcher:
+    if mode == "unprivileged":
+        place = request.getfixturevalue("unprivileged_place")
+        return Launcher(mode, request.getfixturevalue("unprivileged_argv"), place / "helpers")
+    return Launcher(mode, root_argv)
+
+
 @pytest.fixture(params=MODES)
 def launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher(request.param, root_argv)
+    return _launcher(request, request.param, root_argv)
 
 
 @pytest.fixture(params=("root", "unprivileged"))
 def host_launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
     """For subcommands that run on the host without namespaces (relay, connect):
     the root-userns mode has nothing to add there."""
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher("root", root_argv)
+    return _launcher(request, request.param, root_argv)
 
 
 def processes_with(marker: str) -> list[int]:

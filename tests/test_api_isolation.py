@@ -121,5 +121,7 @@ _LAUNCHER_IMPORTS = r'''
 import os, sys
 prefix = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
 sys.path.append(os.path.join(prefix, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
+from srt_launcher._site import add_interpreter_site_packages
+add_interpreter_site_packages()
 import srt_launcher.api.launcher
 '''

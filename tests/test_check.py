@@ -286,16 +286,15 @@ def test_seccomp_unavailable(host_launcher: Launcher) -> None:
 
 
 def test_launcher_without_isolation(host_launcher: Launcher) -> None:
-    """A copy of the installed command whose #! line lost -IS (as pip leaves it) runs planted code."""
+    """A launcher command of the kind pip used to write (a bare #! line, the
+    entry point imported at once) runs planted code: check names it."""
     directory = Path(tempfile.mkdtemp(prefix="srt-check-test-"))
     try:
         directory.chmod(0o755)
-        script = Path(host_launcher.argv_prefix[0])
-        lines = script.read_text().splitlines(keepends=True)
-        assert lines[0].rstrip().endswith(" -IS")
-        lines[0] = lines[0].rstrip()[: -len(" -IS")] + "\n"
+        interpreter = Path(host_launcher.argv_prefix[0]).parent / "python3"
+        first_line = f"#!{interpreter}"
         copy = directory / "srt-launcher"
-        copy.write_text("".join(lines))
+        copy.write_text(f"{first_line}\nimport sys\nfrom srt_launcher.__main__ import main\nsys.exit(main())\n")
         copy.chmod(0o755)
         result = subprocess.run(
             [str(copy), "check", "--json"], capture_output=True, text=True, timeout=TIMEOUT, **host_launcher.process_kwargs()
@@ -304,7 +303,7 @@ def test_launcher_without_isolation(host_launcher: Launcher) -> None:
             result,
             "launcher-isolation",
             None,
-            [str(copy), "sitecustomize.py on PYTHONPATH", "a package srt_launcher on PYTHONPATH", lines[0].strip()],
+            [str(copy), "sitecustomize.py on PYTHONPATH", "a package srt_launcher on PYTHONPATH", first_line],
             ["-IS", "pip install"],
         )
         assert found["pid-namespace"]["status"] == "ok"

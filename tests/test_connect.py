@@ -66,6 +66,10 @@ class FakeProxy:
         return False
 
     def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes a thread still in accept()
+        except OSError:
+            pass
         self.listener.close()
         if self.thread:
             self.thread.join(timeout=10)
@@ -318,6 +322,7 @@ def echo_server():  # type: ignore[no-untyped-def]
 
     threading.Thread(target=serve, daemon=True).start()
     yield listener.getsockname()[1]
+    listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(), which would hold a descriptor number
     listener.close()
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import relay_clients
 from conftest import SYSTEM, after_background_sleeper, holding_many_fds, lingering, processes_with
-from srt_launcher.relay.server import WAITING_ACCEPTORS
 
 PORT = "3128"
 GREETING = b"greeting from "
@@ -145,6 +145,13 @@ def _children(pid: int) -> list[int]:
 def _state(pid: int) -> str:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return stat[stat.rindex(")") + 2 :].split()[0]
+
+
+def _dead(pid: int) -> bool:
+    try:
+        return _state(pid) in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 def _pgid(pid: int) -> int:
@@ -348,7 +355,7 @@ def test_bad_relay_fails_before_the_workload(launcher, shared_dir, servers, prob
 def test_no_relay_survives_the_launch(launcher, shared_dir, servers, how: str) -> None:
     sock = shared_dir / "proxy.sock"
     servers(sock, holder)
-    # The workload keeps a relayed connection open, so a connection child exists too.
+    # The workload keeps a relayed connection open: the relay is serving when the launch ends.
     script = f"exec 3<>/dev/tcp/127.0.0.1/{PORT} || exit 9; IFS= read -r line <&3; echo \"$line\"; exec sleep 60"
     proc = launcher.popen(
         "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/bash", "-c", script,
@@ -358,7 +365,7 @@ def test_no_relay_survives_the_launch(launcher, shared_dir, servers, how: str) -
         assert proc.stdout.readline() == "held\n"
         relays, pid1 = launcher_tree(proc.pid, 1)
         assert len(relays) == 1 and pid1
-        assert _children(relays[0]), "no connection child under the relay"
+        assert not _children(relays[0]), "the relay forked for a connection"
         target, signum = {
             "SIGKILL PID 1": (pid1, signal.SIGKILL),
             "SIGTERM the launcher": (proc.pid, signal.SIGTERM),
@@ -376,11 +383,10 @@ def test_no_relay_survives_the_launch(launcher, shared_dir, servers, how: str) -
 
 
 def test_no_relay_or_connection_child_is_left_to_the_callers_reaper(launcher, shared_dir, servers) -> None:
-    """The workload exits with a relayed connection open: the relay, the
-    connection child and the children waiting in accept() all die with the
-    launch, and the launcher reaps them all; a caller that is a child
-    subreaper inherits nothing. Repeated, since which of a killed process
-    group exits first varies."""
+    """The workload exits with a relayed connection open: the relay dies with
+    the launch, and the launcher reaps it; a caller that is a child
+    subreaper inherits nothing. Repeated, since the order in which the
+    launch's processes end varies."""
     sock = shared_dir / "proxy.sock"
     servers(sock, holder)
     argv = launcher.argv("run", "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING)
@@ -415,7 +421,7 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
     sock = shared_dir / "proxy.sock"
     servers(sock, holder)
     inherited_read, inherited_write = os.pipe()
-    # Three finished connections first: their children must not linger as zombies.
+    # Three finished connections first: nothing of them may linger.
     script = (
         f"for i in 1 2 3; do exec 3<>/dev/tcp/127.0.0.1/{PORT} || exit 9; IFS= read -r line <&3; exec 3<&-; done; "
         "echo ready; cat >/dev/null"
@@ -428,14 +434,7 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
         assert proc.stdout.readline() == "ready\n"
         (relay,), pid1 = launcher_tree(proc.pid, 1)
         (worker,) = _children(pid1)
-        # WAITING_ACCEPTORS children wait in accept() for the next
-        # connections; the served ones must be gone, not left as zombies.
-        deadline = time.monotonic() + 5
-        while len(_children(relay)) > WAITING_ACCEPTORS and time.monotonic() < deadline:
-            time.sleep(0.05)
-        children = _children(relay)
-        assert len(children) <= WAITING_ACCEPTORS, "connection children were not reaped"
-        assert all(_state(child) != "Z" for child in children)
+        assert _children(relay) == [], "the relay forked for a connection"
         status = _status(relay)
         assert _pgid(relay) == relay != _pgid(proc.pid)
         assert status["NoNewPrivs"] == "1"
@@ -443,15 +442,22 @@ def test_relay_process_is_isolated_and_unprivileged(launcher, shared_dir, server
             assert int(status[field], 16) == 0, field
         assert not _readable_without_caps(relay, launcher.uid, launcher.gid), "the relay is dumpable"
         assert _readable_without_caps(worker, launcher.uid, launcher.gid), "control: the workload should be"
-        fds = {fd: os.readlink(f"/proc/{relay}/fd/{fd}") for fd in os.listdir(f"/proc/{relay}/fd")}
-        assert fds.pop("0") == fds.pop("1") == "/dev/null"
-        fds.pop("2")
-        # Left: the listener, the pinned socket, the pipes from the children
-        # waiting in accept() and the signal wakeup pipe; not the pipe the
-        # launcher inherited.
+        # Left: the listener, the pinned socket, the epoll instance and the
+        # upstream socket kept ready for the next connection; not the pipe
+        # the launcher inherited, nor anything of the three finished
+        # connections (the last one may take a moment to close).
+        expected = sorted(["socket", str(sock), "anon_inode", "socket"])
+        deadline = time.monotonic() + 5
+        while True:
+            fds = {fd: os.readlink(f"/proc/{relay}/fd/{fd}") for fd in os.listdir(f"/proc/{relay}/fd")}
+            assert fds.pop("0") == fds.pop("1") == "/dev/null"
+            fds.pop("2")
+            kinds = sorted(link.split(":")[0] for link in fds.values())
+            if kinds == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert os.readlink(f"/proc/self/fd/{inherited_write}") not in fds.values(), fds
-        expected = ["socket", str(sock)] + ["pipe"] * (WAITING_ACCEPTORS + 2)
-        assert sorted(link.split(":")[0] for link in fds.values()) == sorted(expected), fds
+        assert kinds == expected, fds
         stub_fds = [os.readlink(f"/proc/{proc.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{proc.pid}/fd")]
         # The stub holds its report channel (a socket pair), but neither the
         # relay's listener nor its pinned socket.
@@ -497,3 +503,329 @@ def _readable_without_caps(pid: int, uid: int, gid: int) -> bool:
         capture_output=True,
     )
     return result.returncode == 0
+
+
+# ---------------------------------------------------------------- what an earlier sandbox may have planted
+# Issue 11 finding 1: a workload that can write the socket's directory prepares
+# the path for the next launch. The relay must refuse (125, naming the path)
+# rather than pin whatever the path now leads to.
+
+
+def _root_owned_dir(path: Path) -> Path:
+    path.mkdir()
+    os.chown(path, 0, 0)
+    path.chmod(0o755)
+    return path
+
+
+def _plant_then_relaunch(launcher, relay_path: Path, bind: Path, plant: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """Launch 1 runs ``plant`` with BIND writable; launch 2, the same argv, only
+    touches a marker and reads the relay: it must not run."""
+    argv = ("--unshare-net", "--relay", PORT, str(relay_path), *SYSTEM, "--bind", str(bind), str(bind))
+    first = launcher.run(*argv, "--", "/bin/sh", "-c", "set -e; " + plant)
+    assert first.returncode == 0, first.stderr
+    ran = bind / "second-launch-ran"
+    second = launcher.run(*argv, "--", "/bin/bash", "-c", f"touch {ran}; " + READ_GREETING)
+    assert not ran.exists(), f"the second launch ran its workload: {second.stdout!r}"
+    assert "Traceback" not in second.stderr
+    return second
+
+
+def test_a_socket_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    sock = work / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
+    servers(decoy, greeter("decoy"))
+    second = _plant_then_relaunch(launcher, sock, work, f"mv {sock} {work}/moved.sock; ln -s {decoy} {sock}")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert second.stderr.startswith(f"srt-launcher: relay socket: {sock}: refusing the symlink {sock}:"), second.stderr
+    assert_none_left(str(sock))
+
+
+def test_a_directory_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    work = shared_dir / "work"
+    (work / "sockets").mkdir(parents=True)
+    for path in (work, work / "sockets"):
+        os.chown(path, launcher.uid, launcher.gid)
+    sock = work / "sockets" / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoys = _root_owned_dir(shared_dir / "decoys")
+    servers(decoys / "proxy.sock", greeter("decoy"))
+    second = _plant_then_relaunch(launcher, sock, work, f"mv {work}/sockets {work}/moved; ln -s {decoys} {work}/sockets")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert f"relay socket: {sock}: refusing the symlink {work}/sockets:" in second.stderr, second.stderr
+
+
+def test_a_socket_hard_linked_in_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
+    # The other socket must sit on the same mount as the socket's directory
+    # (link(2) does not cross mounts): the sandbox binds their common parent.
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    sock = work / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
+    servers(decoy, greeter("decoy"))  # owned by the caller, so protected_hardlinks lets it link
+    second = _plant_then_relaunch(launcher, sock, shared_dir, f"mv {sock} {work}/moved.sock; ln {decoy} {sock}")
+    assert second.returncode == 125, second.stdout + second.stderr
+    assert f"relay socket: {sock}: a socket with 2 names" in second.stderr, second.stderr
+
+
+def test_a_symlink_only_others_could_have_written_is_followed_by_an_unprivileged_caller(launcher, shared_dir, servers) -> None:
+    """A symlink in a directory the caller cannot write (``/var/run`` → ``/run``
+    for a user) is no sandbox's doing: followed. A root caller's sandboxes run
+    as root and can write every root-owned directory: refused."""
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    servers(work / "proxy.sock", greeter("through a trusted link"))
+    links = _root_owned_dir(shared_dir / "links")
+    (links / "work").symlink_to(work)
+    result = launcher.run(
+        "--unshare-net", "--relay", PORT, str(links / "work" / "proxy.sock"), *SYSTEM, "--", "/bin/bash", "-c", READ_GREETING,
+    )
+    if launcher.unprivileged:
+        assert (result.returncode, result.stdout) == (0, "greeting from through a trusted link\n"), result.stderr
+    else:
+        assert result.returncode == 125, result.stdout + result.stderr
+        assert f"refusing the symlink {links}/work:" in result.stderr, result.stderr
+
+
+def test_a_relay_path_through_symlinks_to_a_file_or_in_a_loop_fails_cleanly(launcher, shared_dir) -> None:
+    links = _root_owned_dir(shared_dir / "links")
+    (links / "loop").symlink_to(links / "loop")
+    (links / "file").symlink_to("/etc/hostname")
+    for path, reason in ((links / "loop", "Too many levels of symbolic links"), (links / "file", "not a Unix socket")):
+        result = launcher.run("--unshare-net", "--relay", PORT, str(path), *SYSTEM, "--", "/bin/true")
+        assert result.returncode == 125, result.stderr
+        assert result.stderr.startswith(f"srt-launcher: relay socket: {path}: "), result.stderr
+        if launcher.unprivileged:  # root callers are refused at the first symlink
+            assert reason in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------- a port either serves or refuses
+
+
+def _relay_pinning(relays: list[int], path: Path) -> int:
+    """The relay whose pinned O_PATH descriptor names ``path``."""
+    for relay in relays:
+        for fd in os.listdir(f"/proc/{relay}/fd"):
+            try:
+                if os.readlink(f"/proc/{relay}/fd/{fd}") == str(path):
+                    return relay
+            except OSError:
+                continue
+    raise AssertionError(f"no relay pins {path}")
+
+
+def test_the_port_of_a_dead_relay_refuses_connections(launcher, shared_dir, servers) -> None:
+    """Issue 11 finding 5: the other relay must not hold the dead one's
+    listener (the port would accept, and nobody would serve it)."""
+    first, second = shared_dir / "first.sock", shared_dir / "second.sock"
+    servers(first, greeter("first"))
+    servers(second, greeter("second"))
+    client = textwrap.dedent(
+        """
+        import socket, sys
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for port in (3128, 8080):
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                conn.settimeout(5)
+                print(port, conn.recv(100).decode().strip() or "closed", flush=True)
+            except ConnectionRefusedError:
+                print(port, "refused", flush=True)
+            except OSError as err:
+                print(port, type(err).__name__, flush=True)
+        """
+    )
+    proc = launcher.popen(
+        "--unshare-net", "--relay", "3128", str(first), "--relay", "8080", str(second), *SYSTEM,
+        "--", "/usr/bin/python3", "-c", client,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        relays, _ = launcher_tree(proc.pid, 2)
+        dead = _relay_pinning(relays, first)
+        os.kill(dead, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _dead(dead) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out == "3128 refused\n8080 greeting from second\n", err
+
+
+# ---------------------------------------------------------------- one event loop serves every connection (issue 14)
+
+CLIENTS = Path(relay_clients.__file__).read_text()  # run inside with python3 -c: uid 65534 may not reach the checkout
+_MAIN_GUARD = 'if __name__ == "__main__":\n    main()\n'
+assert _MAIN_GUARD in CLIENTS
+CLIENT_LIBRARY = CLIENTS.replace(_MAIN_GUARD, "")  # the functions, for a script of one test's own
+
+
+def echoer(conn: socket.socket) -> None:
+    try:
+        while data := conn.recv(1 << 16):
+            conn.sendall(data)
+    except ConnectionError:
+        pass
+
+
+def _clients_inside(launcher, sock: Path, *client_args: str, timeout: float = 120) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    return launcher.run(
+        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM,
+        "--", "/usr/bin/python3", "-c", CLIENTS, client_args[0], f"tcp:127.0.0.1:{PORT}", *client_args[1:],
+        timeout=timeout,
+    )
+
+
+def test_relay_echoes_2000_sequential_connections(launcher, shared_dir, servers) -> None:
+    sock = shared_dir / "proxy.sock"
+    servers(sock, echoer)
+    result = _clients_inside(launcher, sock, "sequential", "2000")
+    assert (result.returncode, result.stdout) == (0, "ok 2000\n"), result.stderr
+
+
+def test_relay_echoes_200_concurrent_connections(launcher, shared_dir, servers) -> None:
+    # The host server's backlog (16) is far below 200: the relay's Unix
+    # connects meet a full backlog (EAGAIN) and must retry, not fail.
+    sock = shared_dir / "proxy.sock"
+    servers(sock, echoer)
+    result = _clients_inside(launcher, sock, "concurrent", "200", "100000")
+    assert (result.returncode, result.stdout) == (0, "ok 200\n"), result.stderr
+
+
+def test_an_upstream_vanishing_mid_transfer_closes_that_connection_only(launcher, shared_dir, servers) -> None:
+    def echo_or_vanish(conn: socket.socket) -> None:
+        first = conn.recv(1 << 16)
+        if first.startswith(b"vanish"):
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # a reset, mid-transfer
+            return
+        conn.sendall(first)
+        echoer(conn)
+
+    sock = shared_dir / "proxy.sock"
+    servers(sock, echo_or_vanish)
+    client = textwrap.dedent(
+        f"""
+        import os, socket
+        steady = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
+        steady.sendall(b"steady"); assert steady.recv(6) == b"steady"
+        doomed = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
+        doomed.sendall(b"vanish" + os.urandom(100000))
+        try:
+            ended = doomed.recv(10) == b""
+        except ConnectionResetError:
+            ended = True
+        for _ in range(3):
+            steady.sendall(b"still here"); assert steady.recv(10) == b"still here"
+        fresh = socket.create_connection(("127.0.0.1", {PORT}), timeout=10)
+        fresh.sendall(b"fresh"); assert fresh.recv(5) == b"fresh"
+        print("ended" if ended else "doomed connection still open")
+        """
+    )
+    result = launcher.run("--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client)
+    assert (result.returncode, result.stdout) == (0, "ended\n"), result.stderr
+
+
+def test_a_client_that_stops_reading_does_not_stall_the_others(launcher, shared_dir, servers) -> None:
+    sock = shared_dir / "proxy.sock"
+    servers(sock, echoer)
+    client = CLIENT_LIBRARY + textwrap.dedent(
+        f"""
+        stalled = socket.create_connection(("127.0.0.1", {PORT}))
+        stalled.setblocking(False)
+        sent, idle = 0, 0
+        while idle < 50:  # until the echo has filled every buffer on the way back
+            try:
+                sent += stalled.send(b"x" * 65536)
+                idle = 0
+            except BlockingIOError:
+                idle += 1
+                import time; time.sleep(0.01)
+        print("stalled after", "over 4 MiB" if sent > 4 << 20 else sent, flush=True)
+        address = "tcp:127.0.0.1:{PORT}"
+        print(sequential(address, 200), concurrent(address, 20, 100000), flush=True)
+        """
+    )
+    result = launcher.run("--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "stalled after over 4 MiB\nok 200 ok 20\n"), result.stderr
+
+
+def test_with_few_descriptors_connections_wait_their_turn_and_every_port_serves(launcher, shared_dir, servers) -> None:
+    """Issue 11 finding 5's other case: under a tiny ``ulimit -n`` (10: what a
+    launch with two relays needs) a relay has room for a connection or two;
+    the next ones to the same port wait until earlier ones close (neither
+    refused nor accepted and dropped), and the other port serves too."""
+    sock = shared_dir / "proxy.sock"
+    servers(sock, holder)
+    client = textwrap.dedent(
+        """
+        import select, socket
+        conns = [socket.create_connection(("127.0.0.1", 3128), timeout=10) for _ in range(4)]
+        served = [c for c in conns if select.select([c], [], [], 1.0)[0]]
+        waiting = [c for c in conns if c not in served]
+        print(len(served) >= 1, len(waiting) >= 1, flush=True)
+        for c in served:
+            assert c.recv(5) == b"held\\n"
+            c.close()
+        for c in waiting:  # each is served once an earlier one has closed
+            assert c.recv(5) == b"held\\n"
+            c.close()
+        other = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+        print(other.recv(5) == b"held\\n", flush=True)
+        """
+    )
+    run = launcher.argv(
+        "run", "--unshare-net", "--relay", "3128", str(sock), "--relay", "8080", str(sock), *SYSTEM,
+        "--", "/usr/bin/python3", "-c", client,
+    )
+    result = subprocess.run(
+        ["/bin/bash", "-c", 'ulimit -n 10 && exec "$@"', "bash", *run],
+        capture_output=True, text=True, timeout=60, **launcher.process_kwargs(),
+    )
+    assert (result.returncode, result.stdout) == (0, "True True\nTrue\n"), result.stderr
+
+
+def test_relay_memory_does_not_grow_with_closed_connections(launcher, shared_dir, servers) -> None:
+    sock = shared_dir / "proxy.sock"
+    servers(sock, echoer)
+    client = CLIENT_LIBRARY + textwrap.dedent(
+        f"""
+        address = "tcp:127.0.0.1:{PORT}"
+        for count in (1000, 10000):
+            print(sequential(address, count), flush=True)
+            sys.stdin.readline()
+        """
+    )
+    proc = launcher.popen(
+        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ok 1000\n"  # warm: every code path, every pool
+        (relay,), _ = launcher_tree(proc.pid, 1)
+        before = int(_status(relay)["VmRSS"].split()[0])
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "ok 10000\n"
+        after = int(_status(relay)["VmRSS"].split()[0])
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert after - before < 1024, f"RSS grew by {after - before} kB over 10,000 connections"

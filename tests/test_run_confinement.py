@@ -465,3 +465,31 @@ def test_seccomp_fd_with_a_truncated_program_fails(launcher):
     finally:
         os.close(fd)
     assert result.returncode == 125 and "multiple of 8" in result.stderr
+
+
+# ---------------------------------------------------------------- the README's service-style launch
+
+
+def test_the_readme_ffprobe_launch_works_and_its_status_gives_the_verdict(launcher, shared_dir):
+    upload = shared_dir / "upload.mp4"
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64", "-f", "lavfi", "-i", "sine",
+         "-shortest", str(upload)],
+        check=True, timeout=60,
+    )
+    upload.chmod(0o644)
+    options = [
+        "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--clearenv",
+        "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        "--symlink", "usr/bin", "/bin",
+        "--ro-bind", "/etc/ld.so.cache", "/etc/ld.so.cache", "--ro-bind", "/etc/alternatives", "/etc/alternatives",
+        "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--ro-bind", str(upload), "/input.mp4",
+        "--rlimit", "as", "1G", "--rlimit", "cpu", "10", "--rlimit", "fsize", "1M", "--rlimit", "nofile", "64",
+        "--rlimit", "nproc", "16", "--rlimit", "core", "0", "--seccomp-harden", "--timeout", "20",
+    ]
+    result, records = run_with_status(launcher, *options, "--", "/usr/bin/ffprobe", "-v", "error", "-show_format", "-of", "json", "/input.mp4")
+    assert records[-1]["cause"] == "exited" and records[-1]["exit-code"] == 0, (records, result.stderr)
+    assert json.loads(result.stdout)["format"]["nb_streams"] == 2
+    upload.write_bytes(upload.read_bytes()[:300])  # truncated: ffprobe itself fails, and the record says so
+    result, records = run_with_status(launcher, *options, "--", "/usr/bin/ffprobe", "-v", "error", "-show_format", "-of", "json", "/input.mp4")
+    assert records[-1]["cause"] == "exited" and records[-1]["exit-code"] != 0

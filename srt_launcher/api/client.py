@@ -48,18 +48,13 @@ from srt_launcher.api import wire
 
 # The launcher's sys.path: the standard library (python -I -S), the
 # directory this package was imported from, then the interpreter's own
-# site-packages for python-prctl — found as site.py finds them (a venv's,
-# from the pyvenv.cfg beside the interpreter's bin/; else the system's),
-# without site.main(): no .pth file runs.
+# site-packages (for python-prctl), found as the installed command finds
+# them (srt_launcher/_site.py): never the user's, never a .pth file.
 _BOOTSTRAP = """\
-import os, sys
+import sys
 sys.path.append(sys.argv[2])
-prefix = os.path.dirname(os.path.dirname(os.path.abspath(sys.executable)))
-if os.path.isfile(os.path.join(prefix, "pyvenv.cfg")):
-    sys.path.append(os.path.join(prefix, "lib", "python%d.%d" % sys.version_info[:2], "site-packages"))
-else:
-    import site
-    sys.path.extend(d for d in site.getsitepackages() if d not in sys.path)
+from srt_launcher._site import add_interpreter_site_packages
+add_interpreter_site_packages()
 from srt_launcher.api.launcher import main
 main(int(sys.argv[1]))
 """

@@ -1,16 +1,15 @@
 """``srt-launcher relay``: host Unix socket → TCP port of an external proxy (SPEC §3.2).
 
-Startup (in the click process): PDEATHSIG and NO_NEW_PRIVS, validate, bind
-and listen, write the readiness byte. Then the process re-executes itself
-as a lean interpreter (``python -I -S``, no click) that inherits the
-listening socket and serves it: fork(2) copies the parent's page tables,
-and forking the click-laden process cost ≈1.0 ms per connection here
-against ≈0.4 ms for the lean one. PDEATHSIG, NO_NEW_PRIVS, the pid and the
-listening socket all survive the exec; connections made meanwhile wait in
-the backlog. Should the exec fail, this process serves instead.
+Startup (in the click process; PDEATHSIG and NO_NEW_PRIVS were armed by
+``__main__`` before click was imported): validate, bind and listen, write
+the readiness byte. Then the process re-executes itself as a lean
+interpreter (``python -I -S``, no click) that inherits the listening socket
+and serves it: a relay runs for as long as its caller, and the lean
+interpreter holds a third of the memory. PDEATHSIG, NO_NEW_PRIVS, the pid
+and the listening socket all survive the exec; connections made meanwhile
+wait in the backlog. Should the exec fail, this process serves instead.
 
-Serving (one child per connection, forked before it arrives) is
-relay/server.py, shared with the in-sandbox relay.
+Serving is relay/loop.py, the event loop shared with the in-sandbox relay.
 
 Nothing here imports click: the lean server imports this module too. The
 click command that calls :func:`start_relay` is in cli.py.
@@ -19,7 +18,6 @@ click command that calls :func:`start_relay` is in cli.py.
 from __future__ import annotations
 
 import os
-import select
 import sys
 
 import _signal
@@ -27,7 +25,7 @@ import _socket
 
 from srt_launcher import privileges
 from srt_launcher.errors import SETUP_FAILED, LauncherError, report
-from srt_launcher.relay import server
+from srt_launcher.relay import loop
 
 RELAY_USAGE = "usage: srt-launcher relay [--ready-fd N] UNIX_SOCKET HOST:PORT  (see srt-launcher relay --help)"
 READY_BYTE = b"\n"
@@ -40,8 +38,8 @@ _TERMINATING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
 HELP = """Listen on the Unix socket UNIX_SOCKET and forward each connection to HOST:PORT.
 
 \b
-HOST is a literal IPv4 address (no DNS); PORT is 1-65535. Each connection
-is served by its own child process; half-closes are propagated. Upstream
+HOST is a literal IPv4 address (no DNS); PORT is 1-65535. One event loop
+serves every connection; half-closes are propagated. Upstream
 sockets get TCP_NODELAY and keepalive (idle 10 s, interval 5 s, 3 probes).
 The relay dies with its parent (PDEATHSIG), and its connections with it;
 on SIGTERM, SIGINT or SIGHUP it removes UNIX_SOCKET first.
@@ -75,13 +73,17 @@ def parse_port(text: str, what: str, usage: str) -> int:
 
 
 def start_relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
-    """SPEC §3.2 startup; then serve until killed (never returns)."""
+    """SPEC §3.2 startup; then serve until killed (never returns).
+
+    ``__main__`` armed PDEATHSIG before importing click; armed again here
+    (it costs nothing) for a caller that reaches this function another way.
+    """
     parent = os.getppid()
     privileges.set_parent_death_signal(_signal.SIGKILL)
     privileges.set_no_new_privs()
     # The flag survives exec: a caller that is a subreaper and execs the relay
-    # would make it adopt orphans it never forked, and its SIGTERM cleanup
-    # would kill them as connection children.
+    # would make it adopt orphans it never forked, and leave them zombies (it
+    # never waits for children).
     privileges.clear_child_subreaper()
     if os.getppid() != parent:
         raise SystemExit(0)  # the parent died before PDEATHSIG was armed: nobody to serve
@@ -94,6 +96,7 @@ def start_relay(ready_fd: int | None, unix_socket: str, upstream: str) -> None:
     # has its handlers (the mask survives exec): a SIGTERM sent as soon as the
     # readiness byte arrives still removes the socket file.
     _signal.pthread_sigmask(_signal.SIG_BLOCK, _TERMINATING_SIGNALS)
+    loop.raise_open_files_limit()  # before readiness: the relay is fully set up once it says so
     listener, socket_file = _listen(unix_socket)
     if ready_fd is not None:
         try:
@@ -195,37 +198,35 @@ def _exec_lean_server(listener: _socket.socket, socket_file: _SocketFile, addres
         os.set_inheritable(fd, True)
         argv = [sys.executable, "-I", "-S", "-c", code, str(fd), socket_file.path]
         argv += [str(socket_file.dev), str(socket_file.ino), address[0], str(address[1])]
-        # LD_BIND_NOW: every libc symbol is bound once here, not on first use
-        # in each connection child (a write to a page it shares with the
-        # relay, so a copy; measured ≈5% more short connections per second).
-        # The relay execs nothing else, so only it sees the variable.
-        os.execve(sys.executable, argv, {**os.environ, "LD_BIND_NOW": "1"})
+        os.execv(sys.executable, argv)
     except (OSError, ValueError):
-        os.set_inheritable(fd, False)  # serve from this process, at a higher cost per connection
+        os.set_inheritable(fd, False)  # serve from this process, with click's memory
 
 
 def _serve_forever(listener: _socket.socket, socket_file: _SocketFile, address: tuple[str, int]) -> None:
-    _unlink_on_termination(socket_file, os.getpid())
+    # A signal landing after the interpreter's last check and before
+    # epoll_wait blocks would run its handler (removing the socket file) only
+    # once some connection wakes the loop: the C-level handler also writes
+    # to this pipe, which the loop watches.
+    wake_r, wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+    _signal.set_wakeup_fd(wake_w)
+    _remove_on_termination(socket_file)
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, _TERMINATING_SIGNALS)
-    server.serve_forever(listener, _TcpUpstream(address))
+    try:
+        loop.Loop(listener, TcpUpstream(address), wake_fd=wake_r).run()
+    finally:  # the listener broke: nobody will ever serve this socket file
+        socket_file.remove()
 
 
-def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
-    """SIGTERM/SIGINT/SIGHUP: remove the socket file, end the connection
-    children, then die of the same signal.
+def _remove_on_termination(socket_file: _SocketFile) -> None:
+    """SIGTERM/SIGINT/SIGHUP: remove the socket file, then die of the same signal.
 
-    Connection children inherit the handler; the pid check keeps them from
-    removing the relay's socket file (cheaper than resetting it in each child).
-    Called before the first connection child is forked: every child the relay
-    has now came from the program that exec'd it, and is not ours to kill.
+    Every connection is a pair of sockets of this process: they close with it.
     """
-    inherited = frozenset(_children(relay_pid))
 
     def terminate(signum: int, _frame: object) -> None:
         try:
-            if os.getpid() == relay_pid:
-                socket_file.remove()
-                _end_connection_children(relay_pid, inherited)
+            socket_file.remove()
         finally:  # whatever failed above, the relay dies of the signal
             _signal.signal(signum, _signal.SIG_DFL)
             os.kill(os.getpid(), signum)
@@ -234,98 +235,16 @@ def _unlink_on_termination(socket_file: _SocketFile, relay_pid: int) -> None:
         _signal.signal(signum, terminate)
 
 
-def _children(pid: int) -> list[int]:
-    """The children of single-threaded process ``pid`` (empty if /proc cannot say)."""
-    if not _proc_is_of_our_pid_namespace():
-        return []
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(child) for child in handle.read().split()]
-    except OSError:
-        return []
-
-
-def _proc_is_of_our_pid_namespace() -> bool:
-    """Whether /proc numbers processes as this process does.
-
-    A /proc mounted for an ancestor PID namespace (``unshare --pid --fork``
-    without ``--mount-proc``) gives other numbers: /proc/OUR_PID would be
-    another process, whose children's numbers pidfd_open would resolve to
-    unrelated processes of ours. NSpid lists our pid in every namespace from
-    /proc's down to ours, so a single entry means they are one namespace
-    (comparing /proc/self with getpid() would not: two numbers can match).
-    """
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("NSpid:"):
-                    return len(line.split()) == 2
-    except OSError:
-        pass  # no /proc, or one of a namespace we are not in
-    return False
-
-
-def _end_connection_children(relay_pid: int, inherited: frozenset[int]) -> None:
-    """SIGKILL the connection children and wait until they are gone.
-
-    PDEATHSIG would kill them once the relay is dead, but as orphans, left
-    to the caller's reaper or init. SIGCHLD is ignored, so a child that
-    exits is reaped at once and its pid is free for any new process: a pid
-    read from /proc is therefore opened as a pidfd first, and signalled only
-    if a second reading still lists it. No child can be forked meanwhile
-    (this handler runs in the relay's only thread), so a pid listed after
-    the pidfd was opened is held by the very process the pidfd names.
-    Inherited children are left alone (if one died and its pid went to a
-    connection child, that child is left to PDEATHSIG: the safe side).
-    """
-    pidfds: dict[int, int] = {}
-    try:
-        for pid in _children(relay_pid):
-            if pid in inherited:
-                continue
-            try:
-                pidfds[pid] = os.pidfd_open(pid)
-            except OSError:
-                pass  # gone already, or no pidfds (kernel < 5.3): PDEATHSIG ends it
-        still_ours = set(_children(relay_pid))
-        dying = select.poll()
-        left = 0
-        for pid, pidfd in pidfds.items():
-            if pid not in still_ours:
-                continue
-            try:
-                _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
-            except OSError:
-                continue
-            dying.register(pidfd, select.POLLIN)  # readable once the process has exited
-            left += 1
-        while left:
-            for pidfd, _ in dying.poll():
-                dying.unregister(pidfd)
-                left -= 1
-    finally:
-        for pidfd in pidfds.values():
-            os.close(pidfd)
-
-
-class _TcpUpstream:
-    """HOST:PORT of the external proxy."""
+class TcpUpstream(loop.Upstream):
+    """HOST:PORT of the external proxy, reached with TCP_NODELAY and keepalive."""
 
     def __init__(self, address: tuple[str, int]) -> None:
-        self.address = address
+        super().__init__(_socket.AF_INET, address, f"{address[0]}:{address[1]}")
 
-    def __str__(self) -> str:
-        return f"{self.address[0]}:{self.address[1]}"
-
-    def socket(self) -> _socket.socket:
-        upstream = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    def prepare(self, sock: _socket.socket) -> None:
         # Before connect, so they hold from the first segment.
-        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        upstream.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
-        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-        upstream.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-        return upstream
-
-    def connect(self, sock: _socket.socket) -> None:
-        sock.connect(self.address)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+        sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_KEEPCNT, KEEPALIVE_PROBES)

@@ -35,7 +35,7 @@ class Plan:
     """What the stub prepared for PID 1: everything read or resolved before
     any namespace existed, so PID 1 and the worker only apply it."""
 
-    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "command_pipe")
+    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "host_root", "command_pipe")
 
     def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[kernel.SeccompProgram], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
         self.box = box
@@ -48,6 +48,9 @@ class Plan:
         self.alive: int = -1  # read end of the stub's pipe: EOF once the stub is gone
         self.channel: _socket.socket | None = None
         self.status = box.json_status_fd is not None  # the stub wants the N, W and X records
+        # Whether the workload may be the host's uid 0: a root caller (its
+        # uid is mapped onto itself), or a user namespace of the caller's.
+        self.host_root = os.getuid() == 0 or box.userns_fd is not None
         self.command_pipe: int | None = None  # a prepared worker reads its command here (from PID 1)
 
 
@@ -83,7 +86,7 @@ def _pid1(plan: Plan) -> int:
     _import_what_the_sandbox_needs(box, plan.status)
     proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        root.build(plan.steps, plan.tty, box.pid)
+        root.build(plan.steps, plan.tty, box.pid, plan.host_root)
         _switch_user_namespace(box, proc_fd)
     finally:
         os.close(proc_fd)

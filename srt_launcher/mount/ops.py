@@ -91,12 +91,13 @@ class Step:
 class MountContext:
     """What the operations need from before the pivot."""
 
-    __slots__ = ("proc_fd", "tty_path", "pid_namespace", "move_mount", "tmp_overlays")
+    __slots__ = ("proc_fd", "tty_path", "pid_namespace", "host_root", "move_mount", "tmp_overlays")
 
-    def __init__(self, proc_fd: int, tty_path: str | None, pid_namespace: bool = True) -> None:
+    def __init__(self, proc_fd: int, tty_path: str | None, pid_namespace: bool = True, host_root: bool = True) -> None:
         self.proc_fd = proc_fd
         self.tty_path = tty_path
         self.pid_namespace = pid_namespace
+        self.host_root = host_root  # the workload may be the host's uid 0 (see _cover_proc)
         self.move_mount = True  # until the kernel says it has none
         self.tmp_overlays = 0
 
@@ -349,6 +350,16 @@ def _proc(step: Step, ctx: MountContext) -> None:
 
 
 def _cover_proc(ctx: MountContext, mount: sandbox.Mount) -> None:
+    """Bind the weird old corners of /proc read-only onto themselves.
+
+    Only where the workload may be the host's uid 0: the files there belong
+    to it, and only to it. For any other uid they are not writable anyway,
+    and covering them would cost nesting: the kernel mounts a new procfs in
+    a user namespace only where a procfs is fully visible, so a sandbox
+    inside this one could not have a /proc of its own.
+    """
+    if not ctx.host_root:
+        return
     for name in PROC_COVERS:
         path = f"{SCRATCH_DIR}/{name}"
         # No access(W_OK) shortcut as in bubblewrap: procfs refuses write

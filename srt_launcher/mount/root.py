@@ -28,14 +28,14 @@ from srt_launcher.mount import ops
 STAGING = "/tmp"
 
 
-def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool) -> None:
+def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host_root: bool) -> None:
     _step("make / a slave", "/", kernel.mount, None, "/", None, kernel.MS_SILENT | kernel.MS_SLAVE | kernel.MS_REC)
     # The host procfs, kept open across the pivot: every bind needs mountinfo,
     # and the sandbox may have no /proc of its own yet (or ever).
     proc_fd = _step("open /proc", "/proc", os.open, "/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         _enter_staging()
-        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace)
+        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root)
         for step in steps:
             ops.apply(step, ctx)
         _detach_old_root()

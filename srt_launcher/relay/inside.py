@@ -12,10 +12,12 @@ nothing left running. Listening before the workload exists means a workload
 that connects as its first action never races the relay.
 
 Imports are C modules only (``_socket``, ``_signal``): this is the launch
-path of every sandboxed command (SPEC §4). The pump is imported by the relay
-process after the fork, off the stub's critical path.
+path of every sandboxed command (SPEC §4). The event loop that serves the
+connections (relay/loop.py) is imported by the relay process once a first
+connection is pending, off the stub's critical path.
 """
 
+import errno
 import fcntl
 import os
 import select
@@ -99,20 +101,137 @@ def _listen(port: int) -> int:
 
 def _pin(path: str) -> int:
     """Open the socket inode itself: the relay connects to this inode forever,
-    whatever the workload later does to the path (rename, unlink, symlink swap)."""
+    whatever the workload later does to the path (rename, unlink, symlink swap).
+
+    The path is resolved by :func:`_resolve_trusted`, not by the kernel, so a
+    symlink an earlier sandbox planted cannot choose the inode; and the inode
+    must be a socket with one name (see :func:`_socket_problem`).
+    """
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        fd = _resolve_trusted(path)
+    except _Untrusted as err:
+        raise LauncherError("relay socket", path, str(err)) from None
     except OSError as err:
         raise LauncherError.from_os("relay socket", path, err) from None
     try:
-        mode = os.fstat(fd).st_mode
+        problem = _socket_problem(os.fstat(fd))
     except OSError as err:
         os.close(fd)
         raise LauncherError.from_os("relay socket", path, err) from None
-    if not stat.S_ISSOCK(mode):
+    if problem:
         os.close(fd)
-        raise LauncherError("relay socket", path, "not a Unix socket")
+        raise LauncherError("relay socket", path, problem)
     return fd
+
+
+# The kernel's own limit on symlinks followed in one lookup (MAXSYMLINKS).
+_MAX_SYMLINKS = 40
+_WALK_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Untrusted(Exception):
+    """A symlink on the path that a sandbox could have planted."""
+
+
+def _resolve_trusted(path: str) -> int:
+    """An O_PATH fd of ``path``, resolved one component at a time.
+
+    The rule (SPEC §3.1; the attack of issue 11 finding 1): a symlink is
+    followed only if it sits in a directory that no sandbox of this caller
+    could have written (:func:`_sandbox_could_write`). A workload runs with
+    the caller's uid and no capabilities, so any directory the caller can
+    write may have been bound read-write into an earlier sandbox, which could
+    rename the socket (or a directory above it) and put a symlink to another
+    socket — say a root-only one, or one the seccomp filter keeps it from
+    reaching — in its place. Symlinks in directories only others can write
+    (``/var/run`` → ``/run`` for an unprivileged caller) are followed, and
+    their targets are walked by the same rule. A directory that is not a
+    symlink needs no such check: each step opens the next name relative to
+    the fd of the directory already reached (O_NOFOLLOW), so nothing renamed
+    meanwhile can divert the walk. For a root caller every root-owned
+    directory is writable by its (root) workloads, so in practice every
+    symlink is refused: give the real path.
+    """
+    pending = path.split("/")
+    dir_fd = os.open("/" if path.startswith("/") else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    walked = "/" if path.startswith("/") else ""
+    links = 0
+    try:
+        while pending:
+            name = pending.pop(0)
+            if name in ("", "."):
+                continue
+            fd = os.open(name, _WALK_FLAGS, dir_fd=dir_fd)
+            where = walked + name
+            if not stat.S_ISLNK(os.fstat(fd).st_mode):
+                os.close(dir_fd)
+                dir_fd, walked = fd, where + "/"
+                continue
+            try:
+                if _sandbox_could_write(dir_fd):
+                    raise _Untrusted(f"refusing the symlink {where}: a sandbox could have planted it (give the path it leads to)")
+                links += 1
+                if links > _MAX_SYMLINKS:
+                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+                target = os.readlink("", dir_fd=fd)  # readlinkat(fd, ""): this very symlink, not the name again
+            finally:
+                os.close(fd)
+            pending[:0] = target.split("/")
+            if target.startswith("/"):
+                os.close(dir_fd)
+                dir_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                walked = "/"
+        fd, dir_fd = dir_fd, -1
+        return fd
+    finally:
+        if dir_fd >= 0:
+            os.close(dir_fd)
+
+
+def _sandbox_could_write(dir_fd: int) -> bool:
+    """Could a workload of this caller have written the directory ``dir_fd``?
+
+    access(2) answers as the stub, which is either root (or root of a user
+    namespace of its own, with --unshare-user) or, unprivileged, root of the
+    user namespace it just made. Its CAP_DAC_OVERRIDE then covers exactly
+    the inodes whose owner is mapped — every directory of root, whose
+    workloads are root too, or only the caller's own — and any other
+    directory is judged by its mode bits, group/other write and ACLs
+    included. Without that capability, access() says no for a directory the
+    caller owns but has made read-only: its owner (hence a workload) can
+    chmod it back, so ownership counts as write access.
+    """
+    if os.access(".", os.W_OK, dir_fd=dir_fd):
+        return True
+    return os.fstat(dir_fd).st_uid == os.geteuid() and not _has_effective_capability(_CAP_DAC_OVERRIDE)
+
+
+_CAP_DAC_OVERRIDE = 1
+
+
+def _has_effective_capability(cap: int) -> bool:
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"CapEff:"):
+                return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def _socket_problem(found: os.stat_result) -> str | None:
+    """Why the pinned inode cannot be relayed to, if it cannot: it must be a
+    socket with exactly one name.
+
+    A second name is a hard link: a workload that can write the socket's
+    directory (on a mount that also holds another socket it may read and
+    write) could link that other socket in under the expected name, and
+    reach through the relay a socket the seccomp filter keeps it from
+    connecting to. A socket made by bind(2) has one name.
+    """
+    if not stat.S_ISSOCK(found.st_mode):
+        return "not a Unix socket"
+    if found.st_nlink != 1:
+        return f"a socket with {found.st_nlink} names (a hard link is refused)"
+    return None
 
 
 def _fork_all(prepared: list[_Relay]) -> list[int]:
@@ -159,25 +278,33 @@ def _kill(pids: list[int]) -> None:
 
 
 def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
-    code = 0
+    code = 125
     try:
         # PDEATHSIG first: from here the relay cannot outlive the stub.
         privileges.set_parent_death_signal(_signal.SIGKILL)
         if os.getppid() != stub:
             os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
+        # At once, before anything else: a relay holding another relay's
+        # listener would keep that port accepting connections nobody serves
+        # once the other relay dies (a port either serves or refuses).
+        _keep_only_fds(relay, prepared)
         # Undumpable already: the stub was when it forked us (run._phase_one).
         # Everything else waits for a first pending connection: a relay starts
-        # while PID 1 builds the sandbox, and on two cores they compete
-        # (measured: the rest of the setup, the server's imports and the
-        # first child forked ahead cost ≈1 ms of CPU per relay, which most
-        # launches never use). Nothing is read before _become_relay returns
-        # (connections are only taken by children forked after it), so no
-        # input ever meets a relay that still has capabilities or fds.
+        # while PID 1 builds the sandbox, and on two cores they compete (the
+        # capability drop and the event loop's imports are CPU most launches
+        # never use). No connection is accepted before _become_relay
+        # returns, so no input ever meets a relay that still has capabilities.
         _wait_readable(relay.listener)
-        _become_relay(relay, prepared)
-        from srt_launcher.relay import server
+        _become_relay()
+        from srt_launcher.relay import loop
 
-        server.serve_forever(_socket.socket(fileno=relay.listener), _PinnedSocket(relay))
+        loop.raise_open_files_limit()
+        # The magic link, not the path: the kernel resolves it to the inode
+        # opened before the workload existed, whatever is at the path now.
+        upstream = loop.Upstream(_socket.AF_UNIX, f"/proc/self/fd/{relay.target}", f"{_LOOPBACK}:{relay.port} -> {relay.path}")
+        code = loop.Loop(_socket.socket(fileno=relay.listener), upstream).run()
+    except LauncherError as err:
+        code = report(err)
     except BaseException as err:  # the relay must never return into the stub's code
         code = report(LauncherError("relay", f"{_LOOPBACK}:{relay.port}", repr(err)))
     finally:
@@ -192,20 +319,17 @@ def _wait_readable(fd: int) -> None:
     waiter.poll()
 
 
-def _become_relay(relay: _Relay, prepared: list[_Relay]) -> None:
-    # Own process group: the stub's killpg reaches the relay and every
-    # connection child at once, and a terminal's ^C (sent to the foreground
-    # group) does not. (The stub also sets it, right after the fork.)
+def _become_relay() -> None:
+    # Own process group: the stub's killpg reaches the relay, and a
+    # terminal's ^C (sent to the foreground group) does not. (The stub also
+    # sets it, right after the fork.)
     os.setpgid(0, 0)
     privileges.drop_all_capabilities()
-    # EPIPE is handled where it happens; SIGPIPE would kill a connection mid-pump.
+    # EPIPE is handled where it happens; SIGPIPE would kill the relay mid-write.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
-    # Connection children are reaped by the kernel: no zombie pile-up, no wait loop.
-    _signal.signal(_signal.SIGCHLD, _signal.SIG_IGN)
     # The stub blocks the signals it forwards; a relay should die of SIGTERM
     # like any daemon (the stub itself uses SIGKILL).
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
-    _keep_only_fds(relay, prepared)
 
 
 def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
@@ -229,23 +353,3 @@ def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
         os.closerange(start, fd)
         start = fd + 1
     kernel.close_fds_from(start)
-
-
-class _PinnedSocket:
-    """The host Unix socket, reached through its pinned inode."""
-
-    def __init__(self, relay: _Relay) -> None:
-        self.port = relay.port
-        # The magic link, not the path: the kernel resolves it to the inode
-        # opened before the workload existed, whatever is at the path now.
-        self.path = f"/proc/self/fd/{relay.target}"
-        self.shown = relay.path
-
-    def __str__(self) -> str:
-        return f"{_LOOPBACK}:{self.port} -> {self.shown}"
-
-    def socket(self) -> _socket.socket:
-        return _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-
-    def connect(self, sock: _socket.socket) -> None:
-        sock.connect(self.path)

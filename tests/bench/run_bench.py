@@ -9,11 +9,13 @@ noisy machine):
                bwrap, and the bare interpreter as the floor. Warm-up, then
                alternating pairs; the quoted figure is the median of the
                per-pair ratios.
-  relay        throughput (>= 512 MiB pushed, acknowledged by the sink) and
-               connection rate (short echo connections) through
-               `run --relay` vs socat inside bwrap, and through
-               `srt-launcher relay` vs socat on the host; a direct
-               client -> server run is the reference line.
+  relay        every SPEC §4 relay budget, for each role a relay plays in
+               sandbox-runtime's chain (`run --relay`, `relay`, and the socat
+               front end as the host bridge and inside the sandbox), against
+               socat doing the same job: throughput, short-connection rate
+               (sequential, 8 clients), the rate while a bulk download
+               streams, PSS with 1,000 connections open (see relays.py);
+               a direct client -> server run is the reference line.
   memory       PSS of the launcher's own processes (stub, PID 1, relays)
                while the workload sleeps, against bwrap x2 + bash + 2 socat.
   concurrency  32 full launches at once: failures, median and p99 latency.
@@ -23,6 +25,7 @@ noisy machine):
                the same process: 20 MB and 1 GB callers, 8 threads (api_bench.py).
 
 Usage: run_bench.py [--quick] [--venv DIR] [--output FILE] [--sections a,b]
+                    [--relay-roles a,b] [--relay-kinds a,b] [--strict]
 The venv defaults to $SRT_BENCH_VENV, else the repository's .venv. Prints a
 table and the budget lines (PASS/FAIL), writes JSON; exit status 1 if any
 budget fails or a section could not be measured.
@@ -41,6 +44,7 @@ import time
 import traceback
 from pathlib import Path
 
+import relays
 from harness import (
     BenchError,
     Resources,
@@ -63,9 +67,9 @@ FORBIDDEN_IMPORTS = ("click", "pyroute2", "pyseccomp")
 MB = 1_000_000  # decimal megabytes everywhere (throughput and memory)
 SANDBOX_PORT = 3128
 
+ROLES = ("run --relay", "relay", "socat host", "socat inside")
 BUDGETS = {
     "launch_full_ratio_max": 2.0,
-    "relay_ratio_min": 1.0,
     "launcher_pss_mb_max": 25.0,
     "concurrent_failures_max": 0,
 }
@@ -78,7 +82,11 @@ class Settings:
         self.launch_rounds = 15 if quick else 300
         self.push_bytes = (64 if quick else 512) << 20
         self.rate_conns = 300 if quick else 2000
+        self.fair_conns = 300 if quick else 1000
         self.relay_pairs = 2 if quick else 5
+        self.memory_pairs = 1 if quick else 3
+        self.roles = list(ROLES)
+        self.kinds = list(relays.BUDGETS)
         self.memory_samples = 1 if quick else 3
         self.concurrent = 32
         self.concurrent_rounds = 1 if quick else 5
@@ -259,6 +267,7 @@ class Bench:
         return parse_pair(result.stdout, argv, result.stderr)
 
     def bench_relay(self) -> None:
+        """See relays.py: every role, every SPEC §4 relay budget."""
         s = self.settings
         tool = self.tool
         res = self.res
@@ -274,119 +283,87 @@ class Bench:
         echo_tcp_proc, line = res.start_server([tool, "echo", "tcp:127.0.0.1:0"])
         echo_port = int(line.split()[1])
         servers += [sink_tcp_proc, echo_tcp_proc]
+        section = relays.RelaySection(self)
+        try:
+            self._direct_reference(section, sink_unix, echo_unix, sink_port, echo_port)
+            tcp = {"sink": f"127.0.0.1:{sink_port}", "echo": f"127.0.0.1:{echo_port}"}
+            unix = {"sink": sink_unix, "echo": echo_unix}
+            for role in self.relay_roles(tcp, unix):
+                if role.name in s.roles:
+                    section.run_role(role, s.kinds)
+        finally:
+            for proc in servers:
+                res.stop_server(proc)
+        self.results["relay"] = {
+            "push_bytes": s.push_bytes, "rate_conns": s.rate_conns, "pairs": s.relay_pairs, **section.out,
+        }  # fmt: skip
+        _table(
+            f"relays ({s.push_bytes >> 20} MiB pushes, {s.rate_conns}-connection rate runs, {s.relay_pairs} pairs; "
+            f"memory: {s.memory_pairs} pairs)",
+            ("measurement", "median", "spread"),
+            section.rows,
+        )
 
-        nbytes = str(s.push_bytes)
-        nconns = str(s.rate_conns)
-        out: dict = {"push_bytes": s.push_bytes, "rate_conns": s.rate_conns, "pairs": s.relay_pairs}
+    def relay_roles(self, tcp: dict[str, str], unix: dict[str, str]) -> list:
+        srt, socat = self.srt, self.socat
+        # sandbox-runtime's own command lines for its socat relays.
+        bridge = lambda path, up: [  # noqa: E731
+            f"UNIX-LISTEN:{path},fork,reuseaddr",
+            f"TCP:localhost:{up.rsplit(':', 1)[1]},keepalive,keepidle=10,keepintvl=5,keepcnt=3",
+        ]
+        inside = f"TCP6-LISTEN:{SANDBOX_PORT},ipv6only=0,fork,reuseaddr,backlog=4096"
+        return [
+            relays.InsideRole(self, unix, self.srt_one_relay, self.socat_one_relay).named("run --relay"),
+            relays.HostRole(
+                self, tcp,
+                lambda path, up: [srt, "relay", path, up],
+                lambda path, up: [socat, f"UNIX-LISTEN:{path},fork", f"TCP:{up}"],
+            ).named("relay"),
+            relays.HostRole(
+                self, tcp, lambda path, up: [srt, "socat", *bridge(path, up)], lambda path, up: [socat, *bridge(path, up)],
+            ).named("socat host"),
+            relays.InsideRole(
+                self, unix,
+                lambda sock, command: self.socat_in_bwrap([srt, "socat"], inside, sock, command),
+                lambda sock, command: self.socat_in_bwrap([socat], inside, sock, command),
+                marker="TCP6-LISTEN",
+            ).named("socat inside"),
+        ]  # fmt: skip
 
-        # Reference lines: client -> server directly, no relay.
+    def socat_in_bwrap(self, socat: list[str], listen: str, sock: str, command: list[str]) -> list[str]:
+        """sandbox-runtime's in-sandbox relay: socat started in the sandbox, then the command."""
+        script = f"{' '.join(socat)} {listen} UNIX-CONNECT:{sock} & exec " + " ".join(command)
+        return self.bwrap_net([self.bash, "-c", script])
+
+    def _direct_reference(self, section, sink_unix: str, echo_unix: str, sink_port: int, echo_port: int) -> None:  # type: ignore[no-untyped-def]
+        s = self.settings
+        tool = self.tool
+        nbytes, nconns = str(s.push_bytes), str(s.rate_conns)
         ref: dict = {}
         for label, argv in (
             ("unix_throughput_MBps", [tool, "push", f"unix:{sink_unix}", nbytes]),
             ("tcp_throughput_MBps", [tool, "push", f"tcp:127.0.0.1:{sink_port}", nbytes]),
             ("unix_rate_per_s", [tool, "rate", f"unix:{echo_unix}", nconns]),
             ("tcp_rate_per_s", [tool, "rate", f"tcp:127.0.0.1:{echo_port}", nconns]),
+            ("tcp_rate8_per_s", [tool, "rate", f"tcp:127.0.0.1:{echo_port}", str(2 * s.rate_conns), "8"]),
         ):
-            ref[label] = median([_metric(label, *self.client(argv)) for _ in range(2)])
-        out["direct_reference"] = ref
-
-        # Host relays: one srt-launcher relay and one socat per target, long-lived.
-        hosts = {}
-        host_error = None
-        try:
-            for kind, port in (("sink", sink_port), ("echo", echo_port)):
-                srt_path = f"{self.dir}/host-srt-{kind}.sock"
-                socat_path = f"{self.dir}/host-socat-{kind}.sock"
-                proc, _ = res.start_server(
-                    [self.srt, "relay", "--ready-fd", "1", srt_path, f"127.0.0.1:{port}"], ready="byte"
-                )
-                servers.append(proc)
-                proc, _ = res.start_server(
-                    [self.socat, f"UNIX-LISTEN:{socat_path},fork", f"TCP:127.0.0.1:{port}"], ready="none"
-                )
-                servers.append(proc)
-                wait_for_socket(socat_path)
-                hosts[kind] = (srt_path, socat_path)
-        except BenchError as err:
-            host_error = f"host relays did not start: {err}"
-
-        cases = {
-            "inside_throughput": (
-                "MBps",
-                lambda: self.srt_one_relay(sink_unix, [tool, "push", f"tcp:127.0.0.1:{SANDBOX_PORT}", nbytes]),
-                lambda: self.socat_one_relay(sink_unix, [tool, "push", f"tcp:127.0.0.1:{SANDBOX_PORT}", nbytes]),
-            ),
-            "inside_rate": (
-                "per_s",
-                lambda: self.srt_one_relay(echo_unix, [tool, "rate", f"tcp:127.0.0.1:{SANDBOX_PORT}", nconns]),
-                lambda: self.socat_one_relay(echo_unix, [tool, "rate", f"tcp:127.0.0.1:{SANDBOX_PORT}", nconns]),
-            ),
-            "host_throughput": (
-                "MBps",
-                lambda: [tool, "push", f"unix:{hosts['sink'][0]}", nbytes],
-                lambda: [tool, "push", f"unix:{hosts['sink'][1]}", nbytes],
-            ),
-            "host_rate": (
-                "per_s",
-                lambda: [tool, "rate", f"unix:{hosts['echo'][0]}", nconns],
-                lambda: [tool, "rate", f"unix:{hosts['echo'][1]}", nconns],
-            ),
-        }
-        rows = [
+            ref[label] = median([_metric(label, *parse_pair(section.run_client(argv), argv)) for _ in range(2)])
+        fair = []
+        for _ in range(2):
+            out = section.run_client([tool, "fair", f"tcp:127.0.0.1:{echo_port}", str(s.fair_conns)])
+            _, without, with_bulk = (int(x) for x in out.split()[:3])
+            fair.append(without / with_bulk)
+        ref["tcp_rate_during_bulk_ratio"] = median(fair)
+        self.results["relay_direct_reference"] = ref
+        section.rows += [
             ("direct unix client->sink", _fmt(ref["unix_throughput_MBps"], " MB/s"), "reference, no relay"),
             ("direct tcp client->sink", _fmt(ref["tcp_throughput_MBps"], " MB/s"), "reference, no relay"),
             ("direct unix client->echo", _fmt(ref["unix_rate_per_s"], " conn/s"), "reference, no relay"),
             ("direct tcp client->echo", _fmt(ref["tcp_rate_per_s"], " conn/s"), "reference, no relay"),
-        ]
-        for case, (unit, srt_argv, socat_argv) in cases.items():
-            label = f"{case}_{unit}"
-            values: dict[str, list[float]] = {"srt": [], "socat": []}
-            ratios: list[float] = []
-            error = host_error if case.startswith("host") else None
-            for i in range(0 if error else s.relay_pairs):
-                order = ("srt", "socat") if i % 2 == 0 else ("socat", "srt")
-                got = {}
-                for who in order:
-                    for proc in servers:
-                        res.check_server(proc)
-                    argv = srt_argv() if who == "srt" else socat_argv()
-                    try:
-                        got[who] = _metric(label, *self.client(argv))
-                    except BenchError as err:
-                        error = f"{who}: {err}"
-                if error:
-                    break
-                values["srt"].append(got["srt"])
-                values["socat"].append(got["socat"])
-                ratios.append(got["srt"] / got["socat"])
-            out[case] = {
-                "unit": unit,
-                "srt": values["srt"],
-                "socat": values["socat"],
-                "median_srt": median(values["srt"]),
-                "median_socat": median(values["socat"]),
-                "median_ratio": median(ratios),
-                "ratios": ratios,
-                "error": error,
-            }
-            u = " MB/s" if unit == "MBps" else " conn/s"
-            rows.append((f"{case} srt", _fmt(median(values["srt"]), u), _spread(values["srt"])))
-            rows.append((f"{case} socat", _fmt(median(values["socat"]), u), _spread(values["socat"])))
-            rows.append((f"  ratio srt/socat", _fmt(median(ratios), "x"), f"median of {len(ratios)} pairs"))
-            if error:
-                eprint(f"relay {case}: {error}")
-                self.errors[f"relay {case}"] = error
-            what = "throughput" if unit == "MBps" else "connection rate"
-            where = "run --relay" if case.startswith("inside") else "host relay"
-            self.budget(f"{where} {what} srt/socat", median(ratios) if ratios else None, ">=", BUDGETS["relay_ratio_min"], "x")
-        self.results["relay"] = out
-        _table(
-            f"relays ({s.push_bytes >> 20} MiB pushes, {s.rate_conns}-connection rate runs, {s.relay_pairs} pairs)",
-            ("measurement", "median", "spread"),
-            rows,
-        )
-        for proc in servers:
-            res.stop_server(proc)
+            ("direct tcp client->echo x8", _fmt(ref["tcp_rate8_per_s"], " conn/s"), "reference, 8 client processes"),
+            ("direct tcp rate during bulk / without", _fmt(ref["tcp_rate_during_bulk_ratio"], "x"),
+             "reference: what the machine leaves a short connection while a download streams"),
+        ]  # fmt: skip
 
     # ------------------------------------------------------------ memory
 
@@ -546,8 +523,10 @@ class Bench:
 
     def bench_imports(self) -> None:
         sock = self.res.listening_unix_socket("imports.sock")
-        base_argv = [self.vpy, "-P", "-X", "importtime", "-c", "pass"]
-        run_argv = [self.vpy, "-X", "importtime", *self.srt_full(sock, [self.true])]
+        # -I -S as the installed command starts (srt-launcher-boot refuses
+        # an interpreter without them), for the baseline too.
+        base_argv = [self.vpy, "-I", "-S", "-X", "importtime", "-c", "pass"]
+        run_argv = [self.vpy, "-I", "-S", "-X", "importtime", *self.srt_full(sock, [self.true])]
         runs = [self.importtime(run_argv) for _ in range(self.settings.import_runs)]
         base = {name for _, name, _, _ in self.importtime(base_argv)}
         every = {name for run in runs for _, name, _, _ in run}
@@ -570,7 +549,7 @@ class Bench:
         }
         self.results["imports"] = out
         rows = [
-            ("all top-level imports (cumulative)", _fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, with site"),
+            ("all top-level imports (cumulative)", _fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, -I -S"),
             ("launcher's own (not in `python -c pass`)", _fmt(out["launcher_own_self_ms"], " ms"), "sum of self times"),
         ]
         rows += [(f"  {n}", _fmt(v, " ms"), "top-level, cumulative") for v, n in top[:10]]
@@ -679,6 +658,10 @@ def main() -> int:
     )
     parser.add_argument("--output", "-o", default=str(REPO / "bench-results.json"), help="JSON results file")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--relay-roles", default=",".join(ROLES), help=f"relay section: comma-separated subset of {','.join(ROLES)}")
+    parser.add_argument(
+        "--relay-kinds", default=",".join(relays.BUDGETS), help=f"relay section: comma-separated subset of {','.join(relays.BUDGETS)}"
+    )
     parser.add_argument(
         "--strict",
         action="store_true",
@@ -701,6 +684,12 @@ def main() -> int:
     started = time.monotonic()
     try:
         bench = Bench(args, res)
+        bench.settings.roles = [x for x in args.relay_roles.split(",") if x]
+        bench.settings.kinds = [x for x in args.relay_kinds.split(",") if x]
+        for name, known in (("roles", ROLES), ("kinds", tuple(relays.BUDGETS))):
+            unknown_items = set(getattr(bench.settings, name)) - set(known)
+            if unknown_items:
+                parser.error(f"unknown relay {name}: {', '.join(sorted(unknown_items))}")
         machine = _machine(bench)
         print(
             f"srt-launcher bench{' (--quick)' if args.quick else ''}: {machine['cpus']} CPUs, kernel {machine['kernel']}, "
