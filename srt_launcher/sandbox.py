@@ -162,6 +162,11 @@ class Sandbox:
     SPEC §6's end record), naming ``status_child`` as the child;
     ``sync_fd``, ``block_fd``, ``userns_block_fd``, ``lock_files`` behave
     as bubblewrap's options of those names.
+
+    Deferred command: with ``command_fd``, ``command`` and ``timeout`` are
+    read from that descriptor by PID 1 once the root is built, just before
+    the worker is forked (:func:`encode_command`). The Python API's launcher
+    process prepares sandboxes ahead this way (srt_launcher/api/launcher.py).
     """
 
     __slots__ = (
@@ -201,6 +206,7 @@ class Sandbox:
         "userns_block_fd",
         "lock_files",
         "inherit_fds",
+        "command_fd",
     )
 
     def __init__(self) -> None:
@@ -240,6 +246,7 @@ class Sandbox:
         self.userns_block_fd: int | None = None
         self.lock_files: list[str] = []
         self.inherit_fds = False
+        self.command_fd: int | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sandbox) and all(
@@ -264,6 +271,7 @@ class Sandbox:
             self.sync_fd,
             self.block_fd,
             self.userns_block_fd,
+            self.command_fd,
         ]
         named += [mount.fd for mount in self.mounts]
         return [fd for fd in named if fd is not None]
@@ -276,7 +284,7 @@ def check(sandbox: Sandbox) -> None:
     this is the engine's last line, so that no description, whoever made it,
     is launched with silently less isolation than it says.
     """
-    if not sandbox.command:
+    if not sandbox.command and sandbox.command_fd is None:
         raise LauncherError.usage_error("no command to run")
     if sandbox.relays and not sandbox.net:
         raise LauncherError.usage_error("relays need a new network namespace")
@@ -289,3 +297,27 @@ def check(sandbox: Sandbox) -> None:
             raise LauncherError.usage_error("unknown mount kind", mount.kind)
         if not mount.dest.startswith("/"):
             raise LauncherError.usage_error(f"{mount.kind}: path must be absolute", mount.dest)
+
+
+def encode_command(command: list[str], timeout: float | None) -> bytes:
+    """What a ``command_fd`` carries: ``TIMEOUT\\0ARG0\\0ARG1...`` (TIMEOUT
+    empty for none). NUL cannot occur in an argument exec accepts."""
+    fields = [b"" if timeout is None else repr(float(timeout)).encode()]
+    fields += [arg.encode("utf-8", "surrogateescape") for arg in command]
+    return b"\0".join(fields)
+
+
+def decode_command(data: bytes) -> tuple[list[str], float | None] | None:
+    """The (command, timeout) of :func:`encode_command`, or None if ``data`` is not one."""
+    fields = data.split(b"\0")
+    if len(fields) < 2:
+        return None
+    timeout = None
+    if fields[0]:
+        try:
+            timeout = float(fields[0])
+        except ValueError:
+            return None
+        if not 0 < timeout < float("inf"):
+            return None
+    return [field.decode("utf-8", "surrogateescape") for field in fields[1:]], timeout

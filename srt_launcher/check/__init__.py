@@ -56,12 +56,13 @@ class ProbeResult(Mapping[str, Feature]):
 
 
 def examine(  # type: ignore[no-untyped-def]
-    run_options: list[str] | None = None, *, rtnetlink: bool = True, isolation: bool = True
+    run_options: list[str] | None = None, *, rtnetlink: bool = True, isolation: bool = True, chain=None
 ):
     """Run every probe for the launch of ``run_options`` (None: sandbox-runtime's launch).
 
     Returns (plan, route, findings). A usage error in ``run_options`` raises
-    the run parser's LauncherError (exit status 2).
+    the run parser's LauncherError (exit status 2). ``chain``: the namespace
+    probes' result when already run elsewhere (the API's launcher process).
     """
     from srt_launcher.check import diagnosis, host, launch, probes, report
 
@@ -69,7 +70,8 @@ def examine(  # type: ignore[no-untyped-def]
         from srt_launcher.check import isolation as isolation_probe
 
     plan = launch.plan_of(run_options)
-    chain = probes.run_chain(force_user=plan.force_user, rtnetlink=rtnetlink)
+    if chain is None:
+        chain = probes.run_chain(force_user=plan.force_user, rtnetlink=rtnetlink)
     outcomes = dict(chain.outcomes)
     script = isolation_probe.installed_launcher() if isolation or plan.given else None
     if isolation:
@@ -84,16 +86,18 @@ def examine(  # type: ignore[no-untyped-def]
     return plan, chain.route, report.evaluate(outcomes, plan, ctx)
 
 
-def probe() -> ProbeResult:
+def probe(chain=None) -> ProbeResult:  # type: ignore[no-untyped-def]
     """What works on this host, for a service's start-up check (SPEC §9).
 
     The probes of sandbox-runtime's launch (namespaces, procfs, pivot_root,
     lo, the seccomp filter; Landlock, cgroups and mount_setattr as
-    information), run for real in one forked child; no pyroute2, and the
-    installed command is not run. ``bool(probe())`` is True only when a
-    default sandbox can be made here.
+    information), run for real in one forked child — of this process, or,
+    through ``srt_launcher.probe()``, of the API's launcher process, which
+    passes its ``chain`` here. No pyroute2, and the installed command is
+    not run. ``bool(probe())`` is True only when a default sandbox can be
+    made here.
     """
-    _, _, findings = examine(None, rtnetlink=False, isolation=False)
+    _, _, findings = examine(None, rtnetlink=False, isolation=False, chain=chain)
     features = {}
     for finding in findings:
         if finding.status == "ok":

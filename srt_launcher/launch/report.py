@@ -82,11 +82,11 @@ def receive(sock: _socket.socket) -> list[tuple[bytes, bytes, int | None]]:
 
 
 class End:
-    """How the sandbox ended, as PID 1 saw it (SPEC §6)."""
+    """How the sandbox ended, as PID 1 saw it (SPEC §6), with PID 1's exit status ``code``."""
 
-    __slots__ = ("cause", "signal", "limit", "wall", "user", "system", "max_rss_kb")
+    __slots__ = ("cause", "signal", "limit", "wall", "user", "system", "max_rss_kb", "code")
 
-    def __init__(self, cause: str, signal: int, limit: str, wall: float, user: float, system: float, max_rss_kb: int) -> None:
+    def __init__(self, cause: str, signal: int, limit: str, wall: float, user: float, system: float, max_rss_kb: int, code: int) -> None:
         self.cause = cause
         self.signal = signal
         self.limit = limit
@@ -94,19 +94,20 @@ class End:
         self.user = user
         self.system = system
         self.max_rss_kb = max_rss_kb
+        self.code = code
 
     def encode(self) -> bytes:
-        fields = (self.cause, self.signal, self.limit or "-", f"{self.wall:.6f}", f"{self.user:.6f}", f"{self.system:.6f}", self.max_rss_kb)
+        fields = (self.cause, self.signal, self.limit or "-", f"{self.wall:.6f}", f"{self.user:.6f}", f"{self.system:.6f}", self.max_rss_kb, self.code)
         return " ".join(str(field) for field in fields).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> "End | None":
         parts = data.decode("ascii", "replace").split()
-        if len(parts) != 7:
+        if len(parts) != 8:
             return None
         try:
             limit = "" if parts[2] == "-" else parts[2]
-            return cls(parts[0], int(parts[1]), limit, float(parts[3]), float(parts[4]), float(parts[5]), int(parts[6]))
+            return cls(parts[0], int(parts[1]), limit, float(parts[3]), float(parts[4]), float(parts[5]), int(parts[6]), int(parts[7]))
         except ValueError:
             return None
 

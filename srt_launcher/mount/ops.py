@@ -502,16 +502,19 @@ def _bind_data(step: Step, ctx: MountContext) -> None:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
         os.close(fd)
-    target = _target(mount, CREATE_FILE, 0o444)
-    flags = BIND_READ_ONLY if mount.kind == sandbox.RO_BIND_DATA else BIND_READ_WRITE
     try:
-        bind_mount(ctx, staged, SCRATCH_FILE, flags, mount.kind, mount.dest, recursive=False)
-    except BaseException:
-        os.close(target)
-        raise
+        target = _target(mount, CREATE_FILE, 0o444)
+        flags = BIND_READ_ONLY if mount.kind == sandbox.RO_BIND_DATA else BIND_READ_WRITE
+        try:
+            bind_mount(ctx, staged, SCRATCH_FILE, flags, mount.kind, mount.dest, recursive=False)
+        except BaseException:
+            os.close(target)
+            raise
+        attach(SCRATCH_FILE, target, ctx, mount.kind, mount.dest)  # closes target
     finally:
-        os.unlink(staged)  # only the mount holds it now
-    attach(SCRATCH_FILE, target, ctx, mount.kind, mount.dest)
+        # Only once the mount is in place: the kernel refuses to move a
+        # mount whose root has been unlinked (move_mount and MS_MOVE: ENOENT).
+        os.unlink(staged)
 
 
 def _write_data(fd: int, mount: sandbox.Mount) -> None:

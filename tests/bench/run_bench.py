@@ -21,6 +21,8 @@ noisy machine):
   concurrency  32 full launches at once: failures, median and p99 latency.
   imports      `python -X importtime` of the run path; fails loudly if it
                imports click, pyroute2 or pyseccomp.
+  api          the Python API's launch against subprocess.run([bwrap]) from
+               the same process: 20 MB and 1 GB callers, 8 threads (api_bench.py).
 
 Usage: run_bench.py [--quick] [--venv DIR] [--output FILE] [--sections a,b]
                     [--relay-roles a,b] [--relay-kinds a,b] [--strict]
@@ -60,7 +62,7 @@ from harness import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SECTIONS = ("launch", "relay", "memory", "concurrency", "imports")
+SECTIONS = ("launch", "relay", "memory", "concurrency", "imports", "api")
 FORBIDDEN_IMPORTS = ("click", "pyroute2", "pyseccomp")
 MB = 1_000_000  # decimal megabytes everywhere (throughput and memory)
 SANDBOX_PORT = 3128
@@ -558,6 +560,13 @@ class Bench:
             eprint(f"!!! the run path imports {', '.join(forbidden)} (SPEC §4 forbids click, pyroute2, pyseccomp)")
             eprint("!" * 72)
         self.budget("run path imports click/pyroute2/pyseccomp: count", len(forbidden), "<=", 0, "")
+
+    # ------------------------------------------------------------ api
+
+    def bench_api(self) -> None:
+        from api_bench import bench_api
+
+        bench_api(self)
 
     # ------------------------------------------------------------ budgets
 
