@@ -47,7 +47,7 @@ def run_command(args: tuple[str, ...]) -> None:
 @cli.command("relay", help=relay_command.HELP, short_help="Host Unix socket -> TCP HOST:PORT relay.")
 @click.option(
     "--ready-fd",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=(1 << 31) - 1),  # a descriptor number is a C int
     metavar="N",
     help="Once listening, write one byte to fd N and close it (readiness handshake).",
 )

@@ -316,6 +316,15 @@ def test_relay_rejects_an_upstream_that_is_not_ipv4_and_port_with_usage_error(la
     assert not path.exists(), "a usage error must not create the socket"
 
 
+@pytest.mark.parametrize("fd", ["2147483648", "9" * 40, "-1", "x"])
+def test_relay_rejects_a_ready_fd_that_is_no_descriptor_number_with_usage_error(launcher, shared_dir, fd):
+    path = shared_dir / "proxy.sock"
+    result = launcher.command("relay", "--ready-fd", fd, str(path), "127.0.0.1:3128")
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.startswith("srt-launcher: ")
+    assert not path.exists()
+
+
 def test_relay_help_is_click_help(launcher):
     result = launcher.command("relay", "--help")
     assert result.returncode == 0
