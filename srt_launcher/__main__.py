@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except LauncherError as err:
         return report(err)
+    except OSError as err:  # out of descriptors, processes, memory: one line, still 125
+        return report(LauncherError.from_os(args[0] if args else "srt-launcher", None, err))
+    except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback
+        return report(LauncherError("internal error", None, repr(err)))
 
 
 def _socat(args: list[str]) -> None:
