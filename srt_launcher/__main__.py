@@ -2,28 +2,37 @@
 
 ``run`` takes a fast path that never imports click, pyroute2 or pyseccomp
 (SPEC §4): its argv is parsed from a table because mount order is semantic.
-So does the socat front end, run as ``socat``/``srt-socat`` (argv[0]'s
-basename) or ``srt-launcher socat``. Every other subcommand, and help for
-them, goes through the click group.
+So do the socat front end, run as ``socat``/``srt-socat`` (argv[0]'s
+basename) or ``srt-launcher socat``, and the bubblewrap front end, run as
+``bwrap``/``srt-bwrap`` or ``srt-launcher bwrap``. Every other subcommand,
+and help for them, goes through the click group.
 """
 
 import os
 import sys
 
 SOCAT_NAMES = ("socat", "srt-socat")
+BWRAP_NAMES = ("bwrap", "srt-bwrap")
 
 
 def main(argv: list[str] | None = None) -> int:
     parent = os.getppid()  # first: the later this is read, the longer a dead parent goes unnoticed
     args = list(sys.argv[1:] if argv is None else argv)
+    program = sys.argv[0] if sys.argv and sys.argv[0] else "srt-launcher"
     # Multicall: the variable selected this program; the workload must not see it.
-    if os.environ.get("ARGV0") == "srt-launcher":
+    by_variable = os.environ.get("ARGV0") == "srt-launcher"
+    if by_variable:
         del os.environ["ARGV0"]
     # The socat front end: by the name it was run under, or as a subcommand.
     if argv is None and os.path.basename(sys.argv[0]) in SOCAT_NAMES:
         _socat(args)
     if args and args[0] == "socat":
         _socat(args[1:])
+    # The bubblewrap front end likewise (unless ARGV0 chose srt-launcher).
+    if argv is None and not by_variable and os.path.basename(program) in BWRAP_NAMES:
+        os._exit(_bwrap(args, program))
+    if args and args[0] == "bwrap":
+        os._exit(_bwrap(args[1:], program + " bwrap"))
     if args and args[0] == "run":
         from srt_launcher.launch import signals
 
@@ -86,6 +95,14 @@ def die_with_parent(parent: int) -> None:
     _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
     if os.getppid() != parent:
         os._exit(0)  # the parent died before PDEATHSIG was armed: nobody would ever end us
+
+
+def _bwrap(args: list[str], program: str) -> int:
+    # No signal is blocked here, unlike run: bubblewrap's process dies of a
+    # SIGTERM (nothing is passed on to the sandbox), and so does this one.
+    from srt_launcher.commands import bwrap
+
+    return bwrap.main(args, program)
 
 
 if __name__ == "__main__":

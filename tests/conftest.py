@@ -313,3 +313,36 @@ def host_mount_table_unchanged():  # type: ignore[no-untyped-def]
     assert after == before, "the host mount table changed during the suite:\n" + "\n".join(
         sorted(set(after) ^ set(before))
     )
+
+
+# ---------------------------------------------------------------- the bubblewrap front end
+
+DEBIAN_BWRAP = "/usr/bin/bwrap"
+
+
+@pytest.fixture(scope="session")
+def debian_bwrap() -> str:
+    """Debian's bubblewrap (0.8), the reference the bwrap front end is compared with."""
+    if not os.access(DEBIAN_BWRAP, os.X_OK):
+        pytest.fail(f"{DEBIAN_BWRAP} is missing: the reference bubblewrap; `make test` installs it (apt-get install bubblewrap)")
+    return DEBIAN_BWRAP
+
+
+@pytest.fixture(scope="session")
+def bwrap_links(root_argv: list[str]):  # type: ignore[no-untyped-def]
+    """Per launcher command, a world-readable directory holding a symlink
+    named ``bwrap`` to it: the front end as a user who made that link runs it
+    (argv[0]'s basename selects it, SPEC §1)."""
+    made: dict[str, str] = {}
+
+    def link(command: str) -> str:
+        if command not in made:
+            directory = Path(tempfile.mkdtemp(prefix="srt-bwrap-", dir="/tmp"))
+            directory.chmod(0o755)
+            (directory / "bwrap").symlink_to(command)
+            made[command] = str(directory / "bwrap")
+        return made[command]
+
+    yield link
+    for path in made.values():
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)

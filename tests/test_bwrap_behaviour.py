@@ -1,0 +1,405 @@
+"""The bubblewrap front end (SPEC §1, §7): invocation, options added after 0.8, status fds, processes.
+
+Behaviour Debian's bubblewrap (0.8) shares is compared with it directly
+(here, and in tests/test_bwrap_compare.py); options it lacks (--argv0,
+--level-prefix, the overlay family, symlinks over existing ones) are checked
+against what bubblewrap 0.11.1's source and manual say. Every test runs as
+root and as uid 65534 (``host_launcher``), through a symlink named ``bwrap``
+unless it is about another way in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Launcher, kill_leftovers, lingering, processes_with, sleep_marker, wait_for_sleeper
+
+TIMEOUT = 60
+SANDBOX = ("--ro-bind", "/", "/", "--dev", "/dev")
+# A PATH every caller can search (the suite's own may name directories under /root).
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
+
+
+@pytest.fixture
+def bw(host_launcher: Launcher, bwrap_links) -> "Bwrap":  # type: ignore[no-untyped-def]
+    return Bwrap(host_launcher, bwrap_links(host_launcher.argv_prefix[0]))
+
+
+class Bwrap:
+    """The front end, as one caller runs it."""
+
+    def __init__(self, launcher: Launcher, path: str) -> None:
+        self.launcher = launcher
+        self.path = path
+
+    def run(self, *args: str, program: str | None = None, **kwargs) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", TIMEOUT)
+        kwargs.setdefault("env", ENV)
+        return subprocess.run([program or self.path, *args], **self.launcher.process_kwargs(**kwargs))
+
+    def popen(self, *args: str, program: str | None = None, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
+        kwargs.setdefault("env", ENV)
+        return subprocess.Popen([program or self.path, *args], **self.launcher.process_kwargs(**kwargs))
+
+
+@pytest.fixture
+def scratch(host_launcher: Launcher):  # type: ignore[no-untyped-def]
+    path = Path(tempfile.mkdtemp(prefix="srt-bwrap-test-", dir="/tmp"))
+    path.chmod(0o755)
+    os.chown(path, host_launcher.uid, host_launcher.gid)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def read_all(fd: int) -> bytes:
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    os.close(fd)
+    return data
+
+
+# ---------------------------------------------------------------- invocation (SPEC §1)
+
+
+def test_version_is_one_line_naming_bubblewrap_0_11_1(bw):
+    result = bw.run("--version")
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("bubblewrap 0.11.1 (srt-launcher ") and result.stdout.endswith(")\n")
+    assert result.stdout.count("\n") == 1
+
+
+def test_help_has_every_line_of_debians_help_in_order(bw, debian_bwrap):
+    ours = bw.run("--help")
+    theirs = bw.run("--help", program=debian_bwrap)
+    assert ours.returncode == 0 and ours.stderr == ""
+    assert ours.stdout.splitlines()[0] == f"usage: {bw.path} [OPTIONS...] [--] COMMAND [ARGS...]"
+    ours_lines = iter(ours.stdout.splitlines()[1:])
+    for line in theirs.stdout.splitlines()[1:]:
+        assert line in ours_lines, f"{line!r} missing or out of order"
+
+
+def test_help_has_the_options_bubblewrap_added_after_0_8(bw):
+    lines = bw.run("--help").stdout.splitlines()
+    for added in (
+        "    --argv0 VALUE                Set argv[0] to the value VALUE before running the program",
+        "    --level-prefix               Prepend e.g. <3> to diagnostic messages",
+        "    --overlay-src SRC            Read files from SRC in the following overlay",
+        "    --tmp-overlay DEST           Mount overlayfs on DEST, with writes going to an invisible tmpfs",
+        "    --ro-overlay DEST            Mount overlayfs read-only on DEST",
+    ):
+        assert added in lines
+
+
+@pytest.mark.parametrize("argv", [[], ["--ro-bind", "/", "/"]], ids=["no arguments", "no command"])
+def test_usage_goes_to_stderr_with_status_1(bw, debian_bwrap, argv):
+    ours, theirs = bw.run(*argv), bw.run(*argv, program=debian_bwrap)
+    assert (ours.returncode, ours.stdout) == (theirs.returncode, theirs.stdout) == (1, "")
+    assert ours.stderr.startswith(f"usage: {bw.path} [OPTIONS...] [--] COMMAND [ARGS...]\n")
+    assert "--disable-userns" in ours.stderr
+
+
+def test_srt_launcher_bwrap_is_the_same_front_end(host_launcher):
+    result = subprocess.run(
+        [*host_launcher.argv_prefix, "bwrap", "--ro-bind", "/", "/", "sh", "-c", "echo $0", "--argv0"],
+        capture_output=True, text=True, timeout=TIMEOUT, **host_launcher.process_kwargs(),
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "--argv0\n", "")
+    usage = subprocess.run(
+        [*host_launcher.argv_prefix, "bwrap"], capture_output=True, text=True, timeout=TIMEOUT, **host_launcher.process_kwargs()
+    )
+    assert usage.returncode == 1 and usage.stderr.startswith(f"usage: {host_launcher.argv_prefix[0]} bwrap [OPTIONS...]")
+
+
+def test_a_file_named_srt_bwrap_is_the_front_end(host_launcher, scratch):
+    link = scratch / "srt-bwrap"
+    link.symlink_to(host_launcher.argv_prefix[0])
+    result = subprocess.run([str(link), "--version"], capture_output=True, text=True, timeout=TIMEOUT, **host_launcher.process_kwargs())
+    assert result.stdout.startswith("bubblewrap 0.11.1 ")
+
+
+def test_argv0_variable_selects_srt_launcher_even_through_a_bwrap_name(bw):
+    # SPEC §1: ARGV0=srt-launcher means "dispatch on argv[1]", whatever the file is called.
+    result = bw.run("--help", env={**ENV, "ARGV0": "srt-launcher"})
+    assert result.returncode == 0
+    assert "relay" in result.stdout and "--bind SRC DEST" not in result.stdout
+
+
+def test_the_bwrap_path_imports_no_click_pyroute2_or_pyseccomp(host_launcher):
+    code = (
+        "import sys; sys.argv[0] = 'bwrap'; from srt_launcher.commands import bwrap; "
+        "status = bwrap.main(['--ro-bind', '/', '/', 'true']); "
+        "print(' '.join(sorted(sys.modules))); sys.exit(status)"
+    )
+    result = subprocess.run([host_launcher.python, "-I", "-c", code], capture_output=True, text=True, timeout=TIMEOUT, **host_launcher.process_kwargs())
+    assert result.returncode == 0, result.stderr
+    loaded = set(result.stdout.split())
+    assert "srt_launcher.launch.stub" in loaded
+    assert not loaded & {"click", "pyroute2", "pyseccomp"}
+
+
+# ---------------------------------------------------------------- options added after 0.8 (0.11.1 source and manual)
+
+
+def test_argv0_sets_the_commands_argv0(bw):
+    result = bw.run(*SANDBOX, "--argv0", "my-name", "sh", "-c", 'echo "$0"; tr "\\0" " " </proc/self/cmdline')
+    assert result.stdout.splitlines() == ["my-name", "my-name -c " + 'echo "$0"; tr "\\0" " " </proc/self/cmdline '], result.stderr
+
+
+def test_argv0_twice_is_refused(bw):
+    result = bw.run("--argv0", "a", "--argv0", "b", "true")
+    assert (result.returncode, result.stderr) == (1, "bwrap: --argv0 used multiple times\n")
+
+
+def test_level_prefix_prefixes_errors_with_3(bw):
+    result = bw.run("--level-prefix", "--ro-bind", "/nonexistent", "/x", "true")
+    assert (result.returncode, result.stderr) == (1, "<3>bwrap: Can't find source path /nonexistent: No such file or directory\n")
+
+
+def test_level_prefix_prefixes_warnings_with_4_from_where_it_is(bw):
+    result = bw.run("--chdir", "/", "--chdir", "/", "--level-prefix", "--chdir", "/", *SANDBOX, "true")
+    assert result.returncode == 0
+    assert result.stderr == (
+        "bwrap: Only the last --chdir option will take effect\n<4>bwrap: Only the last --chdir option will take effect\n"
+    )
+
+
+def test_level_prefix_on_an_engine_failure(bw):
+    result = bw.run("--level-prefix", *SANDBOX, "no-such-command")
+    assert (result.returncode, result.stderr) == (1, "<3>bwrap: execvp no-such-command: No such file or directory\n")
+
+
+@pytest.fixture
+def layers(scratch: Path, host_launcher: Launcher) -> Path:
+    for name, files in (("lower1", {"a": "l1"}), ("lower2", {"a": "l2", "b": "l2b"}), ("upper", {}), ("work", {})):
+        (scratch / name).mkdir()
+        for file, text in files.items():
+            (scratch / name / file).write_text(text)
+    for path in [scratch, *scratch.rglob("*")]:
+        os.chown(path, host_launcher.uid, host_launcher.gid)
+    return scratch
+
+
+def test_tmp_overlay_writes_go_nowhere_and_the_last_source_is_on_top(bw, layers):
+    result = bw.run(
+        *SANDBOX, "--tmpfs", "/tmp", "--overlay-src", f"{layers}/lower1", "--overlay-src", f"{layers}/lower2",
+        "--tmp-overlay", "/tmp/o", "sh", "-c", "cat /tmp/o/a /tmp/o/b; echo new > /tmp/o/c; cat /tmp/o/c",
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "l2l2bnew\n", "")
+    assert sorted(p.name for p in layers.rglob("*")) == ["a", "a", "b", "lower1", "lower2", "upper", "work"]
+
+
+def test_ro_overlay_is_read_only(bw, layers):
+    result = bw.run(
+        *SANDBOX, "--tmpfs", "/tmp", "--overlay-src", f"{layers}/lower1", "--overlay-src", f"{layers}/lower2",
+        "--ro-overlay", "/tmp/o", "sh", "-c", "cat /tmp/o/a; echo new > /tmp/o/c",
+    )
+    assert result.returncode == 2 and result.stdout == "l2"
+    assert "Read-only file system" in result.stderr
+
+
+def test_overlay_writes_go_to_the_upper_directory(bw, layers):
+    result = bw.run(
+        *SANDBOX, "--tmpfs", "/tmp", "--overlay-src", f"{layers}/lower1", "--overlay",
+        f"{layers}/upper", f"{layers}/work", "/tmp/o", "sh", "-c", "cat /tmp/o/a; echo new > /tmp/o/c",
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "l1", "")
+    assert (layers / "upper" / "c").read_text() == "new\n"
+
+
+def test_overlay_source_missing_is_named(bw, layers):
+    result = bw.run(*SANDBOX, "--overlay-src", f"{layers}/nonexistent", "--tmp-overlay", "/tmp/o", "true")
+    assert (result.returncode, result.stderr) == (1, f"bwrap: Can't find source path {layers}/nonexistent: No such file or directory\n")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--overlay-src", "/etc", "true"], "--overlay-src must be followed by another --overlay-src or one of --overlay, --tmp-overlay, or --ro-overlay"),
+        (["--tmp-overlay", "/x", "true"], "--tmp-overlay requires at least one --overlay-src"),
+        (["--overlay-src", "/etc", "--ro-overlay", "/x", "true"], "--ro-overlay requires at least two --overlay-src"),
+        (["--overlay-src", "/etc", "--overlay", "/a", "/b"], "--overlay takes three arguments"),
+    ],
+)
+def test_overlay_usage_errors(bw, argv, message):
+    result = bw.run(*argv)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"bwrap: {message}\n")
+
+
+def test_a_symlink_already_there_with_the_same_target_is_fine(bw):
+    result = bw.run(*SANDBOX, "--tmpfs", "/tmp", "--symlink", "a", "/tmp/l", "--symlink", "a", "/tmp/l", "readlink", "/tmp/l")
+    assert (result.returncode, result.stdout) == (0, "a\n"), result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tmpfs", "/tmp", "--symlink", "a", "/tmp/l", "--symlink", "b", "/tmp/l"], "Can't make symlink at /tmp/l: existing destination is a"),
+        (["--symlink", "a", "/etc/passwd"], "Can't make symlink at /etc/passwd: destination exists and is not a symlink"),
+    ],
+)
+def test_a_symlink_over_something_else_is_refused(bw, argv, message):
+    result = bw.run(*SANDBOX, *argv, "true")
+    assert (result.returncode, result.stderr) == (1, f"bwrap: {message}\n")
+
+
+# ---------------------------------------------------------------- status fds
+
+
+def test_child_pid_is_the_sandbox_pid_1_on_the_host(bw, marker):
+    info_r, info_w = os.pipe()
+    process = bw.popen(*SANDBOX, "--unshare-pid", "--info-fd", str(info_w), "sleep", marker, pass_fds=(info_w,))
+    os.close(info_w)
+    try:
+        info = json.loads(read_all(info_r))
+        sleeper = wait_for_sleeper(marker)
+        with open(f"/proc/{sleeper}/stat") as handle:
+            parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        assert parent == info["child-pid"]  # PID 1 (the reaper) is the command's parent
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_child_pid_without_a_pid_namespace_is_the_command(bw, marker):
+    info_r, info_w = os.pipe()
+    process = bw.popen(*SANDBOX, "--info-fd", str(info_w), "sleep", marker, pass_fds=(info_w,))
+    os.close(info_w)
+    try:
+        assert json.loads(read_all(info_r))["child-pid"] == wait_for_sleeper(marker)
+    finally:
+        kill_leftovers(marker)
+        process.wait()
+
+
+def test_sync_fd_ends_when_the_sandbox_does(bw, marker):
+    sync_r, sync_w = os.pipe()
+    process = bw.popen(*SANDBOX, "--unshare-pid", "--sync-fd", str(sync_w), "sh", "-c", f"sleep {marker} & sleep 0.5; kill $!", pass_fds=(sync_w,))
+    os.close(sync_w)
+    try:
+        wait_for_sleeper(marker)
+        os.set_blocking(sync_r, False)
+        with pytest.raises(BlockingIOError):
+            os.read(sync_r, 1)  # held open while the sandbox lives
+        os.set_blocking(sync_r, True)
+        assert os.read(sync_r, 1) == b""  # and closed when it ends
+    finally:
+        os.close(sync_r)
+        process.wait(timeout=TIMEOUT)
+
+
+def test_lock_file_is_held_while_the_sandbox_runs(bw, scratch, marker):
+    lock = scratch / "lock"
+    lock.write_text("")
+    os.chown(lock, bw.launcher.uid, bw.launcher.gid)
+    process = bw.popen(*SANDBOX, "--bind", str(scratch), str(scratch), "--lock-file", str(lock), "sleep", marker)
+    try:
+        sleeper = wait_for_sleeper(marker)
+        with open(lock, "r+") as handle:
+            with pytest.raises(BlockingIOError):
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # someone holds a read lock
+        os.kill(sleeper, signal.SIGKILL)  # the command ends, and with it the sandbox
+        process.wait(timeout=TIMEOUT)
+    finally:
+        kill_leftovers(marker)
+    with open(lock, "r+") as handle:
+        fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released with the sandbox
+
+
+def test_block_fd_holds_the_command_until_data_arrives(bw, scratch):
+    block_r, block_w = os.pipe()
+    flag = scratch / "ran"
+    process = bw.popen(*SANDBOX, "--bind", str(scratch), str(scratch), "--block-fd", str(block_r), "touch", str(flag), pass_fds=(block_r,))
+    os.close(block_r)
+    time.sleep(0.5)
+    assert not flag.exists() and process.poll() is None
+    os.write(block_w, b"x")
+    os.close(block_w)
+    assert process.wait(timeout=TIMEOUT) == 0 and flag.exists()
+
+
+# ---------------------------------------------------------------- signals and lifetime
+
+
+@pytest.mark.parametrize("options", [(), ("--unshare-pid",), ("--unshare-pid", "--as-pid-1")], ids=["no pid namespace", "pid namespace", "as-pid-1"])
+@pytest.mark.parametrize("die_with_parent", [False, True], ids=["", "die-with-parent"])
+def test_sigterm_kills_the_front_end_not_the_sandbox_unless_die_with_parent(bw, debian_bwrap, options, die_with_parent):
+    """As bubblewrap: no signal is passed on; --die-with-parent takes the sandbox down with it."""
+    outcomes = []
+    for program in (debian_bwrap, bw.path):
+        marker = sleep_marker()
+        extra = ("--die-with-parent",) if die_with_parent else ()
+        process = bw.popen(*SANDBOX, *options, *extra, "sleep", marker, program=program, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_sleeper(marker)
+            process.send_signal(signal.SIGTERM)
+            status = process.wait(timeout=TIMEOUT)
+            survives = bool(lingering(marker, timeout=1.0 if not die_with_parent else 10.0))
+            outcomes.append((status, survives))
+        finally:
+            kill_leftovers(marker)
+    assert outcomes[1] == outcomes[0] == (-signal.SIGTERM, not die_with_parent)
+
+
+def test_interrupt_kills_the_front_end_without_a_traceback(bw, scratch, marker):
+    errors = scratch / "stderr"
+    with open(errors, "w") as stderr:
+        process = bw.popen(*SANDBOX, "sleep", marker, stderr=stderr)
+    try:
+        wait_for_sleeper(marker)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT) == -signal.SIGINT
+        assert errors.read_text() == ""
+    finally:
+        kill_leftovers(marker)
+
+
+def test_the_command_gets_the_callers_signal_mask_and_dispositions(bw, debian_bwrap):
+    # Python's own SIGINT handler, SIG_IGN of SIGPIPE and SIGXFSZ, the
+    # launcher's blocked SIGCHLD: none of it reaches the command.
+    for options in ((), ("--unshare-pid",)):
+        argv = [*SANDBOX, *options, "grep", "-E", "^Sig(Blk|Ign|Cgt)", "/proc/self/status"]
+        ours, theirs = bw.run(*argv), bw.run(*argv, program=debian_bwrap)
+        assert ours.stdout == theirs.stdout and ours.returncode == 0, ours.stderr
+
+
+# ---------------------------------------------------------------- errors leave nothing behind
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ro-bind", "/nonexistent", "/x"], "Can't find source path /nonexistent: No such file or directory"),
+        (["--size", "1k", "--tmpfs", "/tmp"], "--size takes a non-zero number of bytes"),
+        (["--perms", "0700", "--perms", "0700", "--tmpfs", "/tmp"], "--perms given twice for the same action"),
+        (["--hostname", "h"], "Specifying --hostname requires --unshare-uts"),
+        (["--bogus"], "Unknown option --bogus"),
+        (["--args", "99"], "Can't read --args data: Bad file descriptor"),
+        (["--args", "x"], "Invalid fd: x"),
+        (["--unshare-pid", "--proc", "/proc", "--chdir", "/nonexistent"], "Can't chdir to /nonexistent: No such file or directory"),
+    ],
+)
+def test_bad_input_fails_with_bubblewraps_message_and_leaves_nothing(bw, scratch, argv, message):
+    marker = sleep_marker()
+    flag = scratch / "ran"
+    result = bw.run(*SANDBOX, "--bind", str(scratch), str(scratch), *argv, "sh", "-c", f"touch {flag}; sleep {marker}")
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"bwrap: {message}\n")
+    assert not flag.exists()
+    assert not processes_with(marker)
+
+
+# ---------------------------------------------------------------- namespaces joined: --userns, --pidns
+
+
