@@ -400,6 +400,24 @@ def test_bad_input_fails_with_bubblewraps_message_and_leaves_nothing(bw, scratch
     assert not processes_with(marker)
 
 
+def test_a_reaper_outside_any_pid_namespace_kills_nothing_it_did_not_make(bw, debian_bwrap):
+    """--sync-fd/--lock-file without --unshare-pid: a reaper that is not PID 1.
+
+    kill(-1) from it would reach every process of the caller's uid: run in
+    a PID namespace of its own (made by Debian's bubblewrap) so that a wrong
+    kill(-1) could only hit the test's own processes, and look.
+    """
+    script = (
+        f"sleep 1000 & S=$!; {bw.path} --ro-bind / / --lock-file /etc/passwd --json-status-fd 3 true 3>/dev/null; "
+        "echo rc=$?; sleep 0.2; kill -0 $S && echo bystander-alive; kill $S"
+    )
+    result = bw.run(
+        "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--die-with-parent", "bash", "-c", script,
+        program=debian_bwrap,
+    )
+    assert result.stdout == "rc=0\nbystander-alive\n", result.stderr
+
+
 # ---------------------------------------------------------------- namespaces joined: --userns, --pidns
 
 

@@ -354,10 +354,14 @@ class _Wait4:
 def _kill_everything() -> None:
     # kill(-1) from PID 1 of a PID namespace reaches every other process in
     # it (and only those); then each is reaped, so none outlives the launch.
-    try:
-        os.kill(-1, _signal.SIGKILL)
-    except OSError:
-        pass
+    # Anywhere else (no PID namespace of our own: bubblewrap's reaper for
+    # --sync-fd or --lock-file) it would reach every process of the
+    # caller's uid on the host: then only our own children are reaped.
+    if os.getpid() == 1:
+        try:
+            os.kill(-1, _signal.SIGKILL)
+        except OSError:
+            pass
     while True:
         try:
             os.waitpid(-1, 0)
