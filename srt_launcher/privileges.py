@@ -39,6 +39,10 @@ def set_undumpable() -> None:
     _prctl.prctl(_prctl.PR_SET_DUMPABLE, 0)
 
 
+def set_dumpable() -> None:
+    _prctl.prctl(_prctl.PR_SET_DUMPABLE, 1)
+
+
 def _drop_bounding(cap: int) -> None:
     if cap <= _prctl.CAP_LAST_CAP:
         _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)

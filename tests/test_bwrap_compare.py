@@ -135,6 +135,7 @@ CASES = [
     ("unshare-user-try", f"$B {SANDBOX} --unshare-user-try id -u"),
     ("unshare-cgroup", f"$B {SANDBOX} --unshare-cgroup cat /proc/self/cgroup"),
     ("unshare-cgroup-try", f"{OUTSIDE} $B {SANDBOX} --unshare-cgroup-try sh -c '{NEW}' sh \"$N\""),
+    ("disable-userns", f"$B {SANDBOX} --unshare-user --disable-userns sh -c 'cat /proc/sys/user/max_user_namespaces; unshare -U true 2>&1; echo $?'"),
     ("assert-userns-disabled", f"$B {SANDBOX} --unshare-user --assert-userns-disabled true"),
     ("as-pid-1", f"$B {SANDBOX} --unshare-pid --as-pid-1 sh -c 'echo $$'"),
     ("pid 1 reaps", f"$B {SANDBOX} --unshare-pid sh -c 'echo $$; echo $PPID'"),
@@ -174,6 +175,8 @@ CASES = [
     # ---- nesting
     ("nested", "$B --unshare-user --dev-bind / / $B --unshare-user --ro-bind / / id -u"),
     ("nested with net", "$B --unshare-user --unshare-net --dev-bind / / $B --unshare-net --ro-bind / / --dev /dev ls /sys/class/net"),
+    ("nested under disable-userns", "$B --unshare-user --disable-userns --dev-bind / / $B --unshare-user --ro-bind / / true"),
+    ("nested under disable-userns, no user namespace", "$B --unshare-user --disable-userns --dev-bind / / $B --ro-bind / / id -u"),
     ("nested uid", "$B --unshare-user --uid 0 --dev-bind / / $B --unshare-user --uid 1000 --ro-bind / / id -u"),
 ]
 

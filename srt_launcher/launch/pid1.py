@@ -168,7 +168,9 @@ def _switch_user_namespace(box: sandbox.Sandbox, proc_fd: int) -> None:
 
 def _disable_user_namespaces(box: sandbox.Sandbox, proc_fd: int) -> None:
     # The limit is per user namespace: set in ours, then a nested one is
-    # entered, whose workload cannot raise its parent's limit again.
+    # entered, whose workload cannot raise its parent's limit again. Our ids
+    # are read first: in the new namespace, unmapped, they read as 65534.
+    uid, gid = os.getuid(), os.getgid()
     try:
         fd = os.open("sys/user/max_user_namespaces", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
         try:
@@ -178,8 +180,15 @@ def _disable_user_namespaces(box: sandbox.Sandbox, proc_fd: int) -> None:
         kernel.unshare(kernel.CLONE_NEWUSER)
     except OSError as err:
         raise LauncherError.from_os("disable-userns", "user.max_user_namespaces = 1", err) from None
-    uid, gid = os.getuid(), os.getgid()
-    namespaces.map_ids(uid, uid, gid, gid, "self", proc_fd)
+    # A non-dumpable process's /proc/self files belong to the root of the
+    # namespace it was exec'd in, which is unmapped here: the maps could
+    # not be opened. Dumpable for the two writes only (the worker does not
+    # exist yet; bubblewrap's set-up process is dumpable throughout).
+    privileges.set_dumpable()
+    try:
+        namespaces.map_ids(uid, uid, gid, gid, "self", proc_fd)
+    finally:
+        privileges.set_undumpable()
 
 
 def _close_operation_fds(box: sandbox.Sandbox) -> None:
