@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -63,12 +64,22 @@ def scratch(host_launcher: Launcher):  # type: ignore[no-untyped-def]
     shutil.rmtree(path, ignore_errors=True)
 
 
-def read_all(fd: int) -> bytes:
+def read_all(fd: int, timeout: float = TIMEOUT) -> bytes:
+    """Everything until end of file (then closed); fails rather than hangs
+    when the end does not come."""
     data = b""
-    while chunk := os.read(fd, 65536):
-        data += chunk
-    os.close(fd)
-    return data
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise AssertionError(f"no end of file within {timeout} s; read {data!r}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return data
+            data += chunk
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- invocation (SPEC §1)
@@ -282,6 +293,40 @@ def test_child_pid_without_a_pid_namespace_is_the_command(bw, marker):
     finally:
         kill_leftovers(marker)
         process.wait()
+
+
+def test_userns_block_fd_waits_for_the_callers_uid_map(bw, debian_bwrap):
+    """The caller reads the info document to its end, writes the maps, then lets the sandbox go on.
+
+    An info fd still open in PID 1 would keep the document from ending: the caller would wait forever.
+    """
+    outer_uid = bw.launcher.uid
+
+    def launch(program: str) -> tuple[int, str]:
+        info_r, info_w = os.pipe()
+        block_r, block_w = os.pipe()
+        process = bw.popen(
+            "--ro-bind", "/", "/", "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r),
+            "--uid", "0", "--gid", "0", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map",
+            program=program, pass_fds=(info_w, block_r), stdout=subprocess.PIPE, text=True,
+        )
+        os.close(info_w)
+        os.close(block_r)
+        try:
+            pid = json.loads(read_all(info_r, timeout=10))["child-pid"]
+            for name, text in (("uid_map", f"0 {outer_uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"0 {outer_uid} 1\n")):
+                with open(f"/proc/{pid}/{name}", "w") as handle:
+                    handle.write(text)
+            os.write(block_w, b"x")
+            out, _ = process.communicate(timeout=TIMEOUT)
+            return process.returncode, out
+        finally:
+            os.close(block_w)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+    assert launch(bw.path) == launch(debian_bwrap) == (0, f"0\n0\n         0 {outer_uid:10d}          1\n")
 
 
 def test_sync_fd_ends_when_the_sandbox_does(bw, marker):

@@ -76,6 +76,11 @@ def _pid1(plan: Plan) -> int:
             return SETUP_FAILED
     if box.new_session:
         os.setsid()  # no controlling terminal (TIOCSTI itself: the tty filter, launch/stub.py)
+    # Only the stub writes the status fds: a copy held here would keep their
+    # reader from seeing the end of the info document, and a caller that
+    # reads it to the end before writing our uid map (--userns-block-fd)
+    # would wait forever.
+    _close_status_fds(box)
     _unshare_mount_namespace(plan)
     if box.userns_block_fd is not None and _stub_is_gone(plan.alive, wait=True):
         return SETUP_FAILED  # the stub waited for the caller's uid maps, then died
@@ -110,6 +115,15 @@ def _pid1(plan: Plan) -> int:
         kernel.capset_clear()
     kernel.close_fds_except([plan.channel.fileno(), *locks, *([box.sync_fd] if box.sync_fd is not None else [])])
     return _supervise(plan, worker, started)
+
+
+def _close_status_fds(box: sandbox.Sandbox) -> None:
+    for fd in (box.info_fd, box.json_status_fd):
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
