@@ -269,6 +269,28 @@ def test_a_symlink_over_something_else_is_refused(bw, argv, message):
 # ---------------------------------------------------------------- status fds
 
 
+def launch_with_status(bw: Bwrap, *argv: str) -> tuple[subprocess.CompletedProcess, dict, list[dict]]:
+    """Run with --info-fd and --json-status-fd on pipes; (result, info, json records)."""
+    info_r, info_w = os.pipe()
+    json_r, json_w = os.pipe()
+    process = bw.popen("--info-fd", str(info_w), "--json-status-fd", str(json_w), *argv, pass_fds=(info_w, json_w), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    os.close(info_w)
+    os.close(json_w)
+    info, records = read_all(info_r), read_all(json_r)
+    out, err = process.communicate(timeout=TIMEOUT)
+    result = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return result, (json.loads(info) if info else {}), [json.loads(line) for line in records.decode().splitlines()]
+
+
+def test_status_records_name_pid_1_and_its_namespaces(bw):
+    result, info, records = launch_with_status(bw, *SANDBOX, "--unshare-pid", "--unshare-net", "--unshare-uts", "--proc", "/proc", "sh", "-c", "readlink /proc/self/ns/mnt /proc/self/ns/pid /proc/self/ns/net /proc/self/ns/uts; exit 3")
+    assert result.returncode == 3, result.stderr
+    assert list(info) == ["child-pid", "mnt-namespace", "net-namespace", "pid-namespace", "uts-namespace"]
+    assert records[0] == info and records[1:] == [{"exit-code": 3}]
+    inside = [line.split(":[")[1].rstrip("]") for line in result.stdout.split()]
+    assert [str(info[key]) for key in ("mnt-namespace", "pid-namespace", "net-namespace", "uts-namespace")] == inside
+
+
 def test_child_pid_is_the_sandbox_pid_1_on_the_host(bw, marker):
     info_r, info_w = os.pipe()
     process = bw.popen(*SANDBOX, "--unshare-pid", "--info-fd", str(info_w), "sleep", marker, pass_fds=(info_w,))
@@ -293,6 +315,20 @@ def test_child_pid_without_a_pid_namespace_is_the_command(bw, marker):
     finally:
         kill_leftovers(marker)
         process.wait()
+
+
+def test_no_end_record_when_the_command_never_ran(bw):
+    result, info, records = launch_with_status(bw, *SANDBOX, "--unshare-pid", "no-such-command")
+    assert result.returncode == 1 and result.stderr == "bwrap: execvp no-such-command: No such file or directory\n"
+    assert records == [info] and "child-pid" in info
+
+
+def test_a_setup_failure_before_any_process_writes_no_record(bw):
+    # bubblewrap resolves sources in its child and so writes child-pid first;
+    # here they are resolved before anything is forked (docs/bwrap.md).
+    result, info, records = launch_with_status(bw, *SANDBOX, "--unshare-pid", "--ro-bind", "/nonexistent", "/x", "true")
+    assert (result.returncode, result.stderr) == (1, "bwrap: Can't find source path /nonexistent: No such file or directory\n")
+    assert (info, records) == ({}, [])
 
 
 def test_userns_block_fd_waits_for_the_callers_uid_map(bw, debian_bwrap):

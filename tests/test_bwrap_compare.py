@@ -171,6 +171,10 @@ CASES = [
     ("lock-file missing", f"$B {SANDBOX} --lock-file /nonexistent true"),
     ("file fd not given to the command", f"$B {SANDBOX} --tmpfs /tmp --file 3 /tmp/f sh -c 'ls /proc/self/fd | sort -n | tr \"\\n\" \" \"' 3</dev/null"),
     # ---- status records (numbers replaced)
+    ("json-status", f"$B {SANDBOX} --unshare-pid --json-status-fd 3 sh -c 'exit 3' 3>&1 | sed 's/[0-9]\\{{3,\\}}/N/g'"),
+    ("json-status without a pid namespace", f"$B {SANDBOX} --json-status-fd 3 false 3>&1 | sed 's/[0-9]\\{{3,\\}}/N/g'"),
+    ("json-status of a failed exec", f"$B {SANDBOX} --json-status-fd 3 no-such-command 3>&1 | sed 's/[0-9]\\{{3,\\}}/N/g'"),
+    ("json-status unshare-all", f"$B {SANDBOX} --unshare-all --json-status-fd 3 true 3>&1 | sed 's/[0-9]\\{{3,\\}}/N/g'"),
     ("info-fd", f"$B {SANDBOX} --unshare-pid --unshare-net --unshare-ipc --info-fd 3 true 3>&1 | sed 's/[0-9]\\{{3,\\}}/N/g'"),
     # ---- sessions
     ("no new session", f"$B {SANDBOX} --unshare-pid python3 -c 'import os; print(os.getsid(0))'"),

@@ -225,7 +225,14 @@ class _Stub:
         if fd is None or self.ended:
             return
         self.ended = True  # the descriptor is closed below: never written again
-        _write_status(fd, report.json_line(report.end_fields(code, end, error)), close=True)
+        if self.box.status_child == sandbox.CHILD_IS_PID1:
+            # bubblewrap's records: the exit code of a command that ran, and
+            # nothing at all when it never ran.
+            fields = None if error is not None else {"exit-code": code}
+        else:
+            fields = report.end_fields(code, end, error)
+        if fields is not None:
+            _write_status(fd, report.json_line(fields), close=True)
 
     # ------------------------------------------------------------ relays
 
