@@ -116,7 +116,7 @@ CASES = [
     ("chmod missing", "$B --ro-bind / / --chmod 0700 /nonexistent true"),
     ("remount-ro", f"$B {SANDBOX} --tmpfs /tmp --remount-ro /tmp touch /tmp/x"),
     ("remount-ro of no mount", "$B --ro-bind / / --remount-ro /etc true"),
-    ("proc of a new pid namespace", f"$B {SANDBOX} --unshare-pid --proc /proc sh -c 'echo $$; ls /proc | grep -cE \"^[0-9]+$\"'"),
+    ("proc of a new pid namespace", f"$B {SANDBOX} --unshare-pid --proc /proc sh -c 'echo $$; ls -d /proc/[12]; test -e /proc/$0 || echo caller hidden' $$"),
     ("proc is nosuid nodev noexec", f"$B {SANDBOX} --unshare-pid --proc /proc sh -c 'grep \"^proc /proc \" /proc/self/mounts | cut -d\" \" -f4'"),
     ("proc without a pid namespace is the host's", f"$B {SANDBOX} --proc /proc test -d /proc/$$"),
     ("proc sysrq-trigger", f"$B {SANDBOX} --unshare-pid --proc /proc sh -c 'echo h > /proc/sysrq-trigger' 2>&1 | sed 's/^.*: //'"),
@@ -181,6 +181,7 @@ CASES = [
     ("new session", f"$B {SANDBOX} --unshare-pid --new-session python3 -c 'import os; print(os.getsid(0) == os.getpid())'"),
     # ---- nesting
     ("nested", "$B --unshare-user --dev-bind / / $B --unshare-user --ro-bind / / id -u"),
+    ("nested with proc", "$B --unshare-user --unshare-pid --dev-bind / / --proc /proc $B --unshare-user --unshare-pid --ro-bind / / --proc /proc --dev /dev sh -c 'echo $$; id -u'"),
     ("nested with net", "$B --unshare-user --unshare-net --dev-bind / / $B --unshare-net --ro-bind / / --dev /dev ls /sys/class/net"),
     ("nested under disable-userns", "$B --unshare-user --disable-userns --dev-bind / / $B --unshare-user --ro-bind / / true"),
     ("nested under disable-userns, no user namespace", "$B --unshare-user --disable-userns --dev-bind / / $B --ro-bind / / id -u"),
