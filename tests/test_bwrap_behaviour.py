@@ -470,6 +470,8 @@ def test_the_command_gets_the_callers_signal_mask_and_dispositions(bw, debian_bw
         (["--args", "99"], "Can't read --args data: Bad file descriptor"),
         (["--args", "x"], "Invalid fd: x"),
         (["--unshare-pid", "--proc", "/proc", "--chdir", "/nonexistent"], "Can't chdir to /nonexistent: No such file or directory"),
+        (["--unshare-pid", "--tmpfs", "/etc/passwd"], "Can't mkdir /etc/passwd: Not a directory"),
+        (["--ro-bind", "/etc/passwd", "/usr"], "Can't create file at /usr: Is a directory"),
     ],
 )
 def test_bad_input_fails_with_bubblewraps_message_and_leaves_nothing(bw, scratch, argv, message):

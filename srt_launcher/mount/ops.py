@@ -117,11 +117,18 @@ def _fail(step: str, shown: str, err: OSError, source: str | None = None) -> Lau
 # ---------------------------------------------------------------- targets and attaching
 
 
-def _target(mount: sandbox.Mount, create: str, mode: int = 0o755) -> int:
+def _target(mount: sandbox.Mount, create: str | None, mode: int = 0o755) -> int:
     try:
-        return open_in_root(NEWROOT, mount.dest, create, mode, _parent_mode(mount.perms))
+        fd = open_in_root(NEWROOT, mount.dest, create, mode, _parent_mode(mount.perms))
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
+    # An existing target of the wrong kind is named as bubblewrap's
+    # ensure_dir/ensure_file name it, not by the mount's EINVAL later.
+    wrong = {CREATE_DIR: (False, errno.ENOTDIR), CREATE_FILE: (True, errno.EISDIR)}.get(create)
+    if wrong is not None and stat.S_ISDIR(os.fstat(fd).st_mode) == wrong[0]:
+        os.close(fd)
+        raise LauncherError.from_os(mount.kind, mount.dest, OSError(wrong[1], os.strerror(wrong[1])))
+    return fd
 
 
 def _parent_mode(perms: int | None) -> int:
@@ -461,12 +468,7 @@ def _escape(path: str) -> str:
 
 def _dir(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR, 0o755 if mount.perms is None else mount.perms)
-    try:
-        if not stat.S_ISDIR(os.fstat(target).st_mode):
-            raise LauncherError.from_os(mount.kind, mount.dest, OSError(errno.ENOTDIR, ""))
-    finally:
-        os.close(target)
+    os.close(_target(mount, CREATE_DIR, 0o755 if mount.perms is None else mount.perms))
 
 
 def _file(step: Step, ctx: MountContext) -> None:
