@@ -230,6 +230,15 @@ def test_overlay_writes_go_to_the_upper_directory(bw, layers):
     assert (layers / "upper" / "c").read_text() == "new\n"
 
 
+def test_overlapping_overlay_directories_are_named_with_the_options(bw, layers):
+    result = bw.run(*SANDBOX, "--tmpfs", "/tmp", "--overlay-src", f"{layers}/lower1", "--overlay", f"{layers}/lower1", f"{layers}/work", "/tmp/o", "true")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"bwrap: Can't make overlay mount on /newroot/tmp/o with options upperdir=/oldroot{layers}/lower1,"
+        f"workdir=/oldroot{layers}/work,lowerdir=/oldroot{layers}/lower1,userxattr: Overlay directories may not overlap\n"
+    )
+
+
 def test_overlay_source_missing_is_named(bw, layers):
     result = bw.run(*SANDBOX, "--overlay-src", f"{layers}/nonexistent", "--tmp-overlay", "/tmp/o", "true")
     assert (result.returncode, result.stderr) == (1, f"bwrap: Can't find source path {layers}/nonexistent: No such file or directory\n")

@@ -439,7 +439,7 @@ def _overlay(step: Step, ctx: MountContext) -> None:
     except OSError as err:
         os.close(target)
         if err.errno == errno.ELOOP:  # "Too many levels of symbolic links" says nothing useful here
-            raise LauncherError(mount.kind, mount.dest, "Overlay directories may not overlap") from None
+            raise LauncherError(mount.kind, mount.dest, "Overlay directories may not overlap", source=data) from None
         raise _fail(mount.kind, mount.dest, err, data) from None
     attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
 
