@@ -513,3 +513,42 @@ def test_a_reaper_outside_any_pid_namespace_kills_nothing_it_did_not_make(bw, de
 # ---------------------------------------------------------------- namespaces joined: --userns, --pidns
 
 
+@pytest.fixture
+def namespace_holder(host_launcher: Launcher):  # type: ignore[no-untyped-def]
+    """A process with its own user and PID namespaces (uid 0 inside), made by
+    Debian's bubblewrap; yields its host pid, inside whose namespaces to launch."""
+    marker = sleep_marker()
+    process = subprocess.Popen(
+        [shutil.which("unshare"), "--user", "--map-root-user", "--pid", "--fork", "--mount-proc", "sleep", marker],
+        **host_launcher.process_kwargs(),
+    )
+    try:
+        yield wait_for_sleeper(marker)
+    finally:
+        kill_leftovers(marker)
+        process.wait(timeout=TIMEOUT)
+
+
+def compare_in(bw: Bwrap, debian_bwrap: str, holder: int, options: list[str], command: str) -> subprocess.CompletedProcess:
+    """The same launch inside the holder's namespaces (fd 3: its user
+    namespace, fd 4: its PID namespace) through Debian's bubblewrap and ours."""
+    results = []
+    for program in (debian_bwrap, bw.path):
+        script = f'exec "$0" {" ".join(options)} sh -c {command!r} 3</proc/{holder}/ns/user 4</proc/{holder}/ns/pid'
+        result = subprocess.run(["/bin/sh", "-c", script, program], capture_output=True, text=True, timeout=TIMEOUT, env=ENV, **bw.launcher.process_kwargs())
+        results.append((result.returncode, result.stdout, result.stderr.replace(program, "BWRAP"), result))
+    (theirs, ours) = results
+    assert ours[:3] == theirs[:3]
+    return ours[3]
+
+
+def test_userns_joins_a_user_namespace(bw, debian_bwrap, namespace_holder):
+    result = compare_in(bw, debian_bwrap, namespace_holder, ["--userns", "3", "--ro-bind", "/", "/"], "id -u; cat /proc/self/uid_map")
+    assert result.stdout.split()[:3] == ["0", "0", str(bw.launcher.uid)]
+
+
+def test_userns_with_an_unmapped_uid_fails(bw, debian_bwrap, namespace_holder):
+    result = compare_in(bw, debian_bwrap, namespace_holder, ["--userns", "3", "--uid", "5", "--ro-bind", "/", "/"], "id -u")
+    assert result.stderr == "bwrap: unable to switch to uid 5: Invalid argument\n"
+
+

@@ -66,6 +66,21 @@ def unshare(flags: int, mode: str, identity: Identity) -> bool:
     return True
 
 
+def switch_ids(identity: Identity) -> None:
+    """In a user namespace joined (not made), become the sandbox's uid and gid
+    where they differ from the caller's, as bubblewrap does for --userns
+    (uid first: a non-zero uid has no CAP_SETGID left, as in bubblewrap)."""
+    for name, wanted, caller, call in (
+        ("uid", identity.uid, identity.outer_uid, os.setuid),
+        ("gid", identity.gid, identity.outer_gid, os.setgid),
+    ):
+        if wanted != caller:
+            try:
+                call(wanted)
+            except OSError as err:
+                raise LauncherError.from_os("switch " + name, str(wanted), err) from None
+
+
 def user_namespaces_available() -> bool:
     """bubblewrap's --unshare-user-try test: the kernel has them and they are not disabled."""
     if not os.path.exists("/proc/self/ns/user"):

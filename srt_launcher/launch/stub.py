@@ -86,6 +86,7 @@ class _Stub:
             mode = sandbox.USERNS_YES if namespaces.user_namespaces_available() else sandbox.USERNS_NO
         if box.userns_fd is not None:
             _join(box.userns_fd, kernel.CLONE_NEWUSER, "userns")
+            namespaces.switch_ids(identity)
             mode = sandbox.USERNS_NO
         in_user_ns = False
         if box.net or mode == sandbox.USERNS_YES:
