@@ -552,3 +552,42 @@ def test_userns_with_an_unmapped_uid_fails(bw, debian_bwrap, namespace_holder):
     assert result.stderr == "bwrap: unable to switch to uid 5: Invalid argument\n"
 
 
+def test_pidns_joins_a_pid_namespace_with_its_own_proc(bw, debian_bwrap, namespace_holder):
+    # The joined namespace's PID 1 is the holder's sleep; pids are handed out
+    # in turn in it, so the two launches' own pids differ.
+    result = compare_in(
+        bw, debian_bwrap, namespace_holder, ["--userns", "3", "--pidns", "4", "--ro-bind", "/", "/", "--proc", "/proc"],
+        'test $$ != 1 && cat /proc/1/cmdline | tr "\\0" " "',
+    )
+    assert result.stdout.startswith("sleep 99999.")
+
+
+def test_pidns_with_unshare_pid_makes_a_namespace_inside_the_joined_one(bw, debian_bwrap, namespace_holder):
+    result = compare_in(
+        bw, debian_bwrap, namespace_holder,
+        ["--userns", "3", "--pidns", "4", "--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc"],
+        'echo $$; cat /proc/[0-9]*/cmdline | tr "\\0" " " | grep -c "slee[p] 99999" || true',
+    )
+    assert result.stdout == "2\n0\n"  # under a reaper, and the joined namespace's sleep out of sight
+
+
+def test_pidns_with_unshare_pid_status_names_the_inner_pid_1(bw, namespace_holder):
+    script = (
+        f'exec "$0" --userns 3 --pidns 4 --unshare-pid --ro-bind / / --info-fd 5 '
+        f'sh -c "readlink /proc/self/ns/pid; sleep 1" 3</proc/{namespace_holder}/ns/user 4</proc/{namespace_holder}/ns/pid 5>&2'
+    )
+    process = subprocess.Popen(["/bin/sh", "-c", script, bw.path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, **bw.launcher.process_kwargs())
+    info = json.loads(_read_json_document(process.stderr))
+    inner_pid_ns = os.readlink(f"/proc/{info['child-pid']}/ns/pid")
+    out, _ = process.communicate(timeout=TIMEOUT)
+    assert out.strip() == inner_pid_ns == f"pid:[{info['pid-namespace']}]"
+    assert inner_pid_ns != os.readlink(f"/proc/{namespace_holder}/ns/pid")
+
+
+def _read_json_document(stream) -> str:  # type: ignore[no-untyped-def]
+    lines = []
+    for line in stream:
+        lines.append(line)
+        if line == "}\n":
+            return "".join(lines)
+    raise AssertionError(f"no info document: {lines!r}")

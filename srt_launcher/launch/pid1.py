@@ -70,6 +70,8 @@ def main(plan: Plan) -> None:
 
 def _pid1(plan: Plan) -> int:
     box = plan.box
+    if box.pidns_fd is not None and box.pid:
+        _enter_nested_pid_namespace(plan)
     if box.die_with_parent:
         privileges.set_parent_death_signal(_signal.SIGKILL)  # PDEATHSIG is cleared by fork
         if _stub_is_gone(plan.alive, wait=False):
@@ -91,7 +93,8 @@ def _pid1(plan: Plan) -> int:
     _import_what_the_sandbox_needs(box, plan.status)
     proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        root.build(plan.steps, plan.tty, box.pid, plan.host_root)
+        # A PID namespace joined (--pidns) gets its own procfs too, as in bubblewrap.
+        root.build(plan.steps, plan.tty, box.pid or box.pidns_fd is not None, plan.host_root)
         _switch_user_namespace(box, proc_fd)
     finally:
         os.close(proc_fd)
@@ -126,6 +129,42 @@ def _close_status_fds(box: sandbox.Sandbox) -> None:
                 pass
 
 
+def _enter_nested_pid_namespace(plan: Plan) -> None:
+    """A new PID namespace below the joined one (bubblewrap's --pidns with
+    --unshare-pid); returns in its PID 1.
+
+    unshare(CLONE_NEWPID) makes the namespace below the caller's own, not
+    below the one setns() chose for its children: only a process already in
+    the joined namespace (this one) can make it, and its first child is
+    its PID 1. This process stays as that child's parent and exits as it
+    does: the kernel would not re-parent the child to the stub, in another
+    PID namespace, and the stub waits for its own child.
+    """
+    try:
+        kernel.unshare(kernel.CLONE_NEWPID)
+        child = os.fork()
+    except OSError as err:
+        raise LauncherError.from_os("unshare", "pid", err) from None
+    if child == 0:
+        return
+    if plan.box.die_with_parent:
+        privileges.set_parent_death_signal(_signal.SIGKILL)
+    plan.channel.close()
+    kernel.close_fds_from(3)  # nothing of the caller's is held here
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        _signal.signal(signum, _signal.SIG_DFL)
+        _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (signum,))
+        os.kill(os.getpid(), signum)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
 def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
     """Import now what PID 1 and the worker use later: after the pivot the
     host's Python library may not be there to import from."""
@@ -153,7 +192,7 @@ def _unshare_mount_namespace(plan: Plan) -> None:
     except OSError as err:
         raise LauncherError.from_os("unshare", "mount", err) from None
     if plan.status or plan.box.info_fd is not None:
-        report.send(plan.channel, report.MOUNT_NAMESPACE, str(os.stat("/proc/self/ns/mnt").st_ino).encode())
+        report.send(plan.channel, report.MOUNT_NAMESPACE, report.namespaces_of_pid1())
 
 
 def _set_hostname(name: str) -> None:

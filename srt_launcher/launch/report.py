@@ -64,10 +64,15 @@ def send_worker_started(sock: _socket.socket) -> None:
         pass
 
 
-def receive(sock: _socket.socket) -> list[tuple[bytes, bytes, int | None]]:
-    """Every record waiting: (kind, payload, sender pid or None)."""
-    records = []
-    while True:
+def receive(sock: _socket.socket, block: bool = False) -> list[tuple[bytes, bytes, int | None]]:
+    """Every record waiting: (kind, payload, sender pid or None); with
+    ``block``, the next record (a blocking socket), or none at EOF.
+
+    The stub's end has SO_PASSCRED: the kernel attaches every sender's
+    pid, numbered in the stub's PID namespace, whether it sent them or not.
+    """
+    records: list[tuple[bytes, bytes, int | None]] = []
+    while not (block and records):
         try:
             data, ancillary, _, _ = sock.recvmsg(_MAX_RECORD, _socket.CMSG_SPACE(_UCRED.size))
         except (BlockingIOError, InterruptedError):
@@ -79,6 +84,7 @@ def receive(sock: _socket.socket) -> list[tuple[bytes, bytes, int | None]]:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(value) >= _UCRED.size:
                 sender = _UCRED.unpack(value[: _UCRED.size])[0]
         records.append((data[:1], data[1:], sender))
+    return records
 
 
 class End:
@@ -145,10 +151,24 @@ def info_document(fields: dict) -> bytes:
     return ("{\n" + lines + "\n}\n").encode()
 
 
-def namespace_ids(names: list[str], mount_namespace: int | None) -> dict[str, int]:
+def namespaces_of_pid1() -> bytes:
+    """The payload of PID 1's MOUNT_NAMESPACE record: its mount and PID namespaces."""
+    return b"%d %d" % (os.stat("/proc/self/ns/mnt").st_ino, os.stat("/proc/self/ns/pid").st_ino)
+
+
+def parse_namespaces_of_pid1(payload: bytes) -> tuple[int | None, int | None]:
+    parts = payload.split()
+    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+        return None, None
+    return int(parts[0]), int(parts[1])
+
+
+def namespace_ids(names: list[str], mount_namespace: int | None, pid_namespace: int | None = None) -> dict[str, int]:
     """Inode numbers of the sandbox's namespaces, read from the stub's own
     (it is in each of them but the mount one; its pid_for_children is the
-    sandbox's PID namespace)."""
+    sandbox's PID namespace), but for those PID 1 reported: its mount
+    namespace, and its PID namespace (one made inside a joined one, --pidns,
+    is not the stub's pid_for_children)."""
     ids = {}
     for name in NAMESPACES:
         if name not in names:
@@ -156,6 +176,9 @@ def namespace_ids(names: list[str], mount_namespace: int | None) -> dict[str, in
         if name == "mnt":
             if mount_namespace:
                 ids["mnt-namespace"] = mount_namespace
+            continue
+        if name == "pid" and pid_namespace:
+            ids["pid-namespace"] = pid_namespace
             continue
         path = "/proc/self/ns/" + ("pid_for_children" if name == "pid" else name)
         try:

@@ -32,7 +32,7 @@ def launch(box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> int:
 
 
 class _Stub:
-    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "_alive")
+    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "pid_ns", "pid1", "_alive")
 
     def __init__(self, box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> None:
         self.box = box
@@ -45,6 +45,8 @@ class _Stub:
         self.started = False  # the first status record is written
         self.ended = False  # the last one is
         self.mount_ns: int | None = None
+        self.pid_ns: int | None = None
+        self.pid1: int | None = None  # PID 1 as the caller's PID namespace numbers it, from its first record
         self._alive = -1  # write end of the pipe PID 1 watches: closed when the stub dies
 
     # ------------------------------------------------------------ the sequence
@@ -133,7 +135,7 @@ class _Stub:
         wants_worker = box.json_status_fd is not None and box.status_child == sandbox.CHILD_IS_WORKER and box.reaper
         if box.info_fd is not None or (box.json_status_fd is not None and not wants_worker):
             self._wait_for_record(report.MOUNT_NAMESPACE)
-            self.write_start(pid)
+            self.write_start(self.pid1 or pid)
         if box.userns_block_fd is not None:
             _read_one_byte(box.userns_block_fd)
             os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
@@ -169,7 +171,7 @@ class _Stub:
         for record in report.receive(self.channel):
             kind, payload, sender = record
             if kind == report.MOUNT_NAMESPACE:
-                self.mount_ns = int(payload) if payload.isdigit() else None
+                self.mount_ns, self.pid_ns = report.parse_namespaces_of_pid1(payload)
             elif kind == report.WORKER:
                 if not self.started:
                     self.write_start(sender)
@@ -195,17 +197,26 @@ class _Stub:
             self.write_end(end.code, end, None)
 
     def _wait_for_record(self, kind: bytes) -> None:
-        """Block until PID 1 sends ``kind`` (or dies): the signals stay held meanwhile."""
+        """Block until PID 1 sends ``kind`` (or dies): the signals stay held meanwhile.
+
+        The record's sender is PID 1 as the kernel numbers it for us (the
+        channel passes credentials): with --pidns and --unshare-pid it is
+        not the process we forked.
+        """
         self.channel.setblocking(True)
         try:
             while self.mount_ns is None:
-                data = self.channel.recv(65536)
-                if not data:
+                received = report.receive(self.channel, block=True)
+                if not received:
                     return
-                if data[:1] == kind:
-                    self.mount_ns = int(data[1:]) if data[1:].isdigit() else None
+                for record in received:
+                    if record[0] == kind:
+                        self.mount_ns, self.pid_ns = report.parse_namespaces_of_pid1(record[1])
+                        self.pid1 = record[2]
+                    else:
+                        self.records.append(record)
+                if self.mount_ns is not None:
                     return
-                self.records.append((data[:1], data[1:], None))
         finally:
             self.channel.setblocking(False)
 
@@ -215,7 +226,7 @@ class _Stub:
         if child is None:
             return
         fields: dict = {"child-pid": child}
-        fields.update(report.namespace_ids(_unshared(box), self.mount_ns))
+        fields.update(report.namespace_ids(_unshared(box), self.mount_ns, self.pid_ns))
         if box.info_fd is not None:
             _write_status(box.info_fd, report.info_document(fields), close=True)
         if box.json_status_fd is not None:
