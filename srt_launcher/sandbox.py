@@ -156,7 +156,10 @@ class Sandbox:
     none), ``seccomp`` (programs installed before exec, in order),
     ``rlimits`` ({RLIMIT_*: (soft, hard)}), ``timeout`` (seconds),
     ``inherit_fds`` (the caller's descriptors above 2 reach the command, as
-    with bubblewrap; else every one is closed).
+    with bubblewrap; else every one is closed), ``linger`` (bubblewrap's
+    PID 1: the command's exit is the launch's at once, while PID 1 stays,
+    reaping, as long as a process it adopted lives; else the sandbox ends
+    with the command).
 
     Status: ``info_fd``/``json_status_fd`` get bubblewrap's records (and
     SPEC §6's end record), naming ``status_child`` as the child;
@@ -207,6 +210,7 @@ class Sandbox:
         "lock_files",
         "inherit_fds",
         "command_fd",
+        "linger",
     )
 
     def __init__(self) -> None:
@@ -247,6 +251,7 @@ class Sandbox:
         self.lock_files: list[str] = []
         self.inherit_fds = False
         self.command_fd: int | None = None
+        self.linger = False
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sandbox) and all(

@@ -443,6 +443,41 @@ def test_sigterm_kills_the_front_end_not_the_sandbox_unless_die_with_parent(bw, 
     assert outcomes[1] == outcomes[0] == (-signal.SIGTERM, not die_with_parent)
 
 
+@pytest.mark.parametrize("die_with_parent", [False, True], ids=["", "die-with-parent"])
+def test_the_launch_ends_with_the_command_and_pid_1_stays_for_the_rest(bw, debian_bwrap, die_with_parent):
+    """bubblewrap's PID 1 reports the command's exit at once and goes on
+    reaping while anything it adopted lives; --die-with-parent ends it with
+    the launch."""
+    outcomes = []
+    for program in (debian_bwrap, bw.path):
+        marker = sleep_marker()
+        sync_r, sync_w = os.pipe()
+        extra = ("--die-with-parent",) if die_with_parent else ()
+        try:
+            result = bw.run(
+                *SANDBOX, "--unshare-pid", "--sync-fd", str(sync_w), *extra, "sh", "-c", f"sleep {marker} >/dev/null 2>&1 & exit 3",
+                program=program, pass_fds=(sync_w,), capture_output=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            os.close(sync_w)
+            sleeping = bool(lingering(marker, timeout=0.5)) if not die_with_parent else bool(lingering(marker))
+            os.set_blocking(sync_r, False)
+            try:
+                sync_open = os.read(sync_r, 1) != b""
+            except BlockingIOError:
+                sync_open = True  # PID 1 still holds the sync fd
+            for pid in processes_with(marker):
+                with open(f"/proc/{pid}/comm") as handle:
+                    if handle.read().strip() == "sleep":
+                        os.kill(pid, signal.SIGKILL)
+            os.set_blocking(sync_r, True)
+            assert os.read(sync_r, 1) == b""  # ...until the last process is gone
+            outcomes.append((result.returncode, sleeping, sync_open))
+        finally:
+            os.close(sync_r)
+            kill_leftovers(marker)
+    assert outcomes[1] == outcomes[0] == (3, not die_with_parent, not die_with_parent)
+
+
 def test_interrupt_kills_the_front_end_without_a_traceback(bw, scratch, marker):
     errors = scratch / "stderr"
     with open(errors, "w") as stderr:

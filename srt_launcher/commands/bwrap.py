@@ -741,6 +741,9 @@ def _finish(state: _Parse, command: list[str]) -> Sandbox:
     # files and the sync fd; otherwise (and with --as-pid-1) the process that
     # set the sandbox up execs the command.
     box.reaper = not state.as_pid_1 and (box.pid or bool(box.lock_files) or box.sync_fd is not None)
+    # ...and stays while anything it adopted lives, after the command's exit
+    # ended the launch (the sandbox dies with the launch only with --die-with-parent).
+    box.linger = box.reaper and box.pid
     if state.seccomp_fd is not None:
         box.seccomp = [read_seccomp_program(state.seccomp_fd)]
     else:

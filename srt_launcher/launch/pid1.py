@@ -393,11 +393,27 @@ def _supervise(plan: Plan, worker: int, started: float) -> int:
         code = signals.exit_status(status)
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         end = ("signaled" if signum else "exited", signum, "")
+        if box.linger:
+            # bubblewrap's PID 1: the launch ends now, the sandbox when the
+            # last process it adopted does.
+            report.send(plan.channel, report.COMMAND_EXITED, b"%d" % code)
+            _reap_until_none_is_left()
+            return code
     if plan.status:
         _kill_everything()  # so that the resource usage counts every process of the sandbox
         limit = _limit_that_killed(box, end[1], wait.usage.get(worker)) if isinstance(wait, _Wait4) else ""
         _send_end(plan, end[0], end[1], limit, ended - started, code)
     return code
+
+
+def _reap_until_none_is_left() -> None:
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
 
 
 class _Wait4:

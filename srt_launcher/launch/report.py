@@ -8,7 +8,9 @@ program's own exit status, and only the stub formats messages.
 
 Records: ``N<inode>`` PID 1's new mount namespace; ``W`` the worker exists
 (sent with SCM_CREDENTIALS, so the kernel gives the stub the worker's pid as
-the caller's PID namespace numbers it); ``E<error>`` a LauncherError;
+the caller's PID namespace numbers it); ``C<status>`` the command
+ended with this exit status (a lingering PID 1 goes on reaping);
+``E<error>`` a LauncherError;
 ``X<fields>`` how the sandbox ended, with its resource usage.
 
 The status records (SPEC §6, bubblewrap's --info-fd and --json-status-fd)
@@ -24,6 +26,7 @@ import _socket
 from srt_launcher.errors import LauncherError
 
 MOUNT_NAMESPACE = b"N"
+COMMAND_EXITED = b"C"
 WORKER = b"W"
 ERROR = b"E"
 END = b"X"

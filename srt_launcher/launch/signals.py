@@ -31,6 +31,7 @@ LAUNCH_SIGNALS = FORWARDED + (_signal.SIGCHLD,)
 SIGIO = _signal.SIGIO
 
 TIMED_OUT = -1
+STOPPED = -2  # on_io() asked to stop waiting
 
 
 def block_launch_signals() -> set[int]:
@@ -49,7 +50,8 @@ class Supervisor:
 
     ``forward``: pass the FORWARDED signals on to ``child`` (else they are
     not waited for: their own disposition applies). ``on_other_exit(pid)``:
-    another child was reaped. ``on_io()``: SIGIO arrived. ``wait``: a
+    another child was reaped. ``on_io()``: SIGIO arrived; a true result ends
+    the wait (STOPPED). ``wait``: a
     function (pid, options) -> (pid, status) — os.waitpid, or a wait4 that
     keeps the child's resource usage.
     """
@@ -80,7 +82,8 @@ class Supervisor:
                     return TIMED_OUT
                 signum = info.si_signo
             if signum == SIGIO:
-                self.on_io()
+                if self.on_io():
+                    return STOPPED
             elif signum != _signal.SIGCHLD:
                 os.kill(self.child, signum)
             else:

@@ -32,7 +32,7 @@ def launch(box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> int:
 
 
 class _Stub:
-    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "pid_ns", "pid1", "_alive")
+    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "pid_ns", "pid1", "command_status", "_alive")
 
     def __init__(self, box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> None:
         self.box = box
@@ -47,6 +47,7 @@ class _Stub:
         self.mount_ns: int | None = None
         self.pid_ns: int | None = None
         self.pid1: int | None = None  # PID 1 as the caller's PID namespace numbers it, from its first record
+        self.command_status: int | None = None  # a lingering PID 1 reported the command's exit
         self._alive = -1  # write end of the pipe PID 1 watches: closed when the stub dies
 
     # ------------------------------------------------------------ the sequence
@@ -139,15 +140,18 @@ class _Stub:
         if box.userns_block_fd is not None:
             _read_one_byte(box.userns_block_fd)
             os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
-        if wants_worker:
+        if wants_worker or box.linger:
             _notify_on_records(self.channel)
             self._on_records()
         _close_caller_fds(box, [self.channel.fileno(), self._alive, *_optional(box.json_status_fd)])
         privileges.drop_all_capabilities()
         supervisor = signals.Supervisor(
-            pid, forward=box.forward_signals, on_other_exit=self.live_relays.discard, on_io=self._on_records if wants_worker else None
+            pid, forward=box.forward_signals, on_other_exit=self.live_relays.discard,
+            on_io=self._on_records if wants_worker or box.linger else None,
         )
-        status = signals.exit_status(supervisor.run())
+        waited = supervisor.run() if self.command_status is None else signals.STOPPED
+        # A lingering PID 1 told how the command ended: that is the launch's end.
+        status = self.command_status if waited == signals.STOPPED else signals.exit_status(waited)
         self._kill_relays()
         os.close(self._alive)
         return self._outcome(status, pid)
@@ -167,10 +171,13 @@ class _Stub:
 
     # ------------------------------------------------------------ records and status
 
-    def _on_records(self) -> None:
+    def _on_records(self) -> bool:
+        """Take the records waiting; True once the command's exit was reported."""
         for record in report.receive(self.channel):
             kind, payload, sender = record
-            if kind == report.MOUNT_NAMESPACE:
+            if kind == report.COMMAND_EXITED:
+                self.command_status = int(payload) if payload.isdigit() else None
+            elif kind == report.MOUNT_NAMESPACE:
                 self.mount_ns, self.pid_ns = report.parse_namespaces_of_pid1(payload)
             elif kind == report.WORKER:
                 if not self.started:
@@ -179,6 +186,7 @@ class _Stub:
                 self.records.append(record)
                 if kind == report.END:
                     self._end_early(payload)
+        return self.command_status is not None
 
     def _end_early(self, payload: bytes) -> None:
         """Write the end record as soon as PID 1 sends how the sandbox ended.
