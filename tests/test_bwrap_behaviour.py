@@ -587,6 +587,32 @@ def test_userns_with_an_unmapped_uid_fails(bw, debian_bwrap, namespace_holder):
     assert result.stderr == "bwrap: unable to switch to uid 5: Invalid argument\n"
 
 
+@pytest.fixture
+def nested_user_namespaces(host_launcher: Launcher):  # type: ignore[no-untyped-def]
+    """(a process in a user namespace of its own, one in a user namespace made inside that one)."""
+    marker = sleep_marker()
+    unshare = shutil.which("unshare")
+    process = subprocess.Popen(
+        [unshare, "--user", "--map-root-user", "/bin/sh", "-c", f"{unshare} --user --map-root-user sleep {marker} & wait"],
+        **host_launcher.process_kwargs(),
+    )
+    try:
+        yield process.pid, wait_for_sleeper(marker)
+    finally:
+        kill_leftovers(marker)
+        process.wait(timeout=TIMEOUT)
+
+
+def test_userns2_enters_a_namespace_inside_the_joined_one_after_the_setup(bw, debian_bwrap, nested_user_namespaces):
+    outer, inner = nested_user_namespaces
+    results = []
+    for program in (debian_bwrap, bw.path):
+        script = f'exec "$0" --userns 3 --userns2 4 --ro-bind / / sh -c "readlink /proc/self/ns/user; id -u" 3</proc/{outer}/ns/user 4</proc/{inner}/ns/user'
+        result = subprocess.run(["/bin/sh", "-c", script, program], capture_output=True, text=True, timeout=TIMEOUT, env=ENV, **bw.launcher.process_kwargs())
+        results.append((result.returncode, result.stdout, result.stderr))
+    assert results[1] == results[0] == (0, os.readlink(f"/proc/{inner}/ns/user") + "\n0\n", "")
+
+
 def test_pidns_joins_a_pid_namespace_with_its_own_proc(bw, debian_bwrap, namespace_holder):
     # The joined namespace's PID 1 is the holder's sleep; pids are handed out
     # in turn in it, so the two launches' own pids differ.
