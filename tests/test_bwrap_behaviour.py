@@ -275,6 +275,40 @@ def test_a_symlink_over_something_else_is_refused(bw, argv, message):
     assert (result.returncode, result.stderr) == (1, f"bwrap: {message}\n")
 
 
+# A classic-BPF program refusing uname(2) with EPERM on the native ABI, allowing the rest.
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_UNAME = {"x86_64": 63, "aarch64": 160}
+
+
+def uname_refusing_program() -> bytes:
+    import struct
+
+    machine = os.uname().machine
+    if machine not in _AUDIT_ARCH:
+        pytest.skip(f"no test program for {machine}")
+    ld, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K
+    allow, eperm = 0x7FFF0000, 0x00050000 | 1
+    code = [
+        (ld, 0, 0, 4), (jeq, 0, 3, _AUDIT_ARCH[machine]),  # seccomp_data.arch: another ABI is allowed
+        (ld, 0, 0, 0), (jeq, 0, 1, _UNAME[machine]),  # seccomp_data.nr
+        (ret, 0, 0, eperm), (ret, 0, 0, allow),
+    ]
+    return b"".join(struct.pack("HBBI", *instruction) for instruction in code)
+
+
+@pytest.mark.parametrize("option", ["--seccomp", "--add-seccomp-fd"])
+def test_a_callers_seccomp_program_is_installed_before_exec(bw, debian_bwrap, scratch, option):
+    program = scratch / "filter.bpf"
+    program.write_bytes(uname_refusing_program())
+    results = []
+    for binary in (debian_bwrap, bw.path):
+        script = f'exec "$0" --ro-bind / / {option} 3 sh -c \'uname -s; echo $?\' 3<{program}'
+        result = subprocess.run(["/bin/sh", "-c", script, binary], capture_output=True, text=True, timeout=TIMEOUT, env=ENV, **bw.launcher.process_kwargs())
+        results.append((result.returncode, result.stdout, result.stderr))
+    assert results[1] == results[0]
+    assert results[1][1] == "1\n" and "Operation not permitted" in results[1][2]
+
+
 # ---------------------------------------------------------------- status fds
 
 
