@@ -66,10 +66,6 @@ class _Stub:
                 # The caller died before PDEATHSIG was armed, so it will never fire:
                 # end as if it had.
                 return 128 + _signal.SIGKILL
-        if box.relays:
-            # A relay's descendants outlive it by a moment when its process
-            # group is killed; as a subreaper the stub inherits and reaps them.
-            privileges.set_child_subreaper()
         plan.steps = plan_mounts(box.mounts)
         plan.programs = _seccomp_programs(box.seccomp)
         plan.env = environment(box.env)
@@ -257,15 +253,13 @@ class _Stub:
     # ------------------------------------------------------------ relays
 
     def _kill_relays(self) -> None:
-        """SIGKILL each relay's process group, then reap what was in it: the
-        relay, and its connection children, re-parented to the stub (a child
-        subreaper) when the relay died before them.
+        """SIGKILL the relay's process group and reap it.
 
-        Only unreaped relays are killed: a reaped relay's pid, and so its group
-        id once its children are gone, may belong to someone else by now. The
-        wait is per group, never waitpid(-1): children the caller's program had
-        before it exec'd the launcher are ours too, and a launch must not wait
-        for them.
+        Only an unreaped relay is killed: a reaped relay's pid, and so its
+        group id, may belong to someone else by now. The wait is for that
+        group, never waitpid(-1): children the caller's program had before
+        it exec'd the launcher are ours too, and a launch must not wait for
+        them.
         """
         for pid in self.live_relays:
             try:

@@ -1,10 +1,14 @@
 """The in-sandbox relay (SPEC §3.1): 127.0.0.1:PORT in the sandbox → a host Unix socket.
 
 The stub calls :func:`start_relays` in phase 1, after unsharing the network
-namespace and before the PID and mount namespaces: each relay process lives
+namespace and before the PID and mount namespaces: the relay process lives
 in the sandbox's network namespace (it can listen on the sandbox loopback)
 but in the host's PID and mount namespaces (the workload can neither see nor
-signal it, and the Unix path is resolved on the host's filesystem).
+signal it, and the Unix path is resolved on the host's filesystem). One
+process serves every --relay port, from one event loop: a second process
+would cost the launch a fork of the stub and its start-up, for nothing an
+event loop does not already do. If it dies, every port refuses: none is
+left accepting connections that nobody serves.
 
 Everything that can fail is done before the first fork — bind every
 listener, pin every Unix socket — so a bad ``--relay`` aborts the launch with
@@ -43,7 +47,7 @@ class _Relay:
 
 
 def start_relays(relays: list[tuple[int, str]]) -> list[int]:
-    """Bind and pin every relay, then fork one process per relay; return their PIDs.
+    """Bind and pin every relay, then fork the relay process; return its PID (in a list).
 
     Raises LauncherError (125) naming the port or path if any bind or pin
     fails; then no relay has been forked and no fd is left open. On return
@@ -236,86 +240,69 @@ def _socket_problem(found: os.stat_result) -> str | None:
 
 def _fork_all(prepared: list[_Relay]) -> list[int]:
     stub = os.getpid()
-    pids: list[int] = []
-    try:
-        for relay in prepared:
-            pids.append(_fork_relay(relay, prepared, stub))
-    except BaseException:
-        _kill(pids)
-        raise
-    return pids
-
-
-def _fork_relay(relay: _Relay, prepared: list[_Relay], stub: int) -> int:
     try:
         pid = os.fork()
     except OSError as err:
-        raise LauncherError.from_os("relay fork", f"{_LOOPBACK}:{relay.port}", err) from None
+        raise LauncherError.from_os("relay fork", ", ".join(f"{_LOOPBACK}:{relay.port}" for relay in prepared), err) from None
     if pid == 0:
-        _relay_process(relay, prepared, stub)
+        _relay_process(prepared, stub)
     # Set from both sides: the stub's killpg must find the group even if it
     # runs before the child's own setpgid.
     try:
         os.setpgid(pid, pid)
     except OSError:
         pass  # the child already did it, or already died (it is reaped later)
-    return pid
-
-
-def _kill(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.killpg(pid, _signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    return [pid]
 
 
 # ---------------------------------------------------------------- the relay process
 
 
-def _relay_process(relay: _Relay, prepared: list[_Relay], stub: int) -> None:
+def _relay_process(prepared: list[_Relay], stub: int) -> None:
     code = 125
     try:
         # PDEATHSIG first: from here the relay cannot outlive the stub.
         privileges.set_parent_death_signal(_signal.SIGKILL)
         if os.getppid() != stub:
             os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
-        # At once, before anything else: a relay holding another relay's
-        # listener would keep that port accepting connections nobody serves
-        # once the other relay dies (a port either serves or refuses).
-        _keep_only_fds(relay, prepared)
-        # Undumpable already: the stub was when it forked us (run._phase_one).
-        # Everything else waits for a first pending connection: a relay starts
+        _keep_only_fds(prepared)
+        # Undumpable already: the stub was when it forked us (stub._loopback_and_relays).
+        # Everything else waits for a first pending connection: the relay starts
         # while PID 1 builds the sandbox, and on two cores they compete (the
         # capability drop and the event loop's imports are CPU most launches
         # never use). No connection is accepted before _become_relay
         # returns, so no input ever meets a relay that still has capabilities.
-        _wait_readable(relay.listener)
+        _wait_readable([relay.listener for relay in prepared])
         _become_relay()
         from srt_launcher.relay import loop
 
         loop.raise_open_files_limit()
-        # The magic link, not the path: the kernel resolves it to the inode
-        # opened before the workload existed, whatever is at the path now.
-        upstream = loop.Upstream(_socket.AF_UNIX, f"/proc/self/fd/{relay.target}", f"{_LOOPBACK}:{relay.port} -> {relay.path}")
-        code = loop.Loop(_socket.socket(fileno=relay.listener), upstream).run()
+        relays = iter(prepared)
+        first = next(relays)
+        server = loop.Loop(_socket.socket(fileno=first.listener), _upstream(loop, first))
+        for relay in relays:
+            server.add_listener(_socket.socket(fileno=relay.listener), _upstream(loop, relay))
+        code = server.run()
     except LauncherError as err:
         code = report(err)
     except BaseException as err:  # the relay must never return into the stub's code
-        code = report(LauncherError("relay", f"{_LOOPBACK}:{relay.port}", repr(err)))
+        code = report(LauncherError("relay", ", ".join(f"{_LOOPBACK}:{relay.port}" for relay in prepared), repr(err)))
     finally:
         os._exit(code)
 
 
-def _wait_readable(fd: int) -> None:
-    # poll, not select: the listener keeps the number it got in the stub,
-    # which is above 1023 when the caller holds many fds.
+def _upstream(loop, relay: _Relay):  # type: ignore[no-untyped-def]
+    # The magic link, not the path: the kernel resolves it to the inode
+    # opened before the workload existed, whatever is at the path now.
+    return loop.Upstream(_socket.AF_UNIX, f"/proc/self/fd/{relay.target}", f"{_LOOPBACK}:{relay.port} -> {relay.path}")
+
+
+def _wait_readable(fds: list[int]) -> None:
+    # poll, not select: the listeners keep the numbers they got in the stub,
+    # which are above 1023 when the caller holds many fds.
     waiter = select.poll()
-    waiter.register(fd, select.POLLIN)
+    for fd in fds:
+        waiter.register(fd, select.POLLIN)
     waiter.poll()
 
 
@@ -332,24 +319,14 @@ def _become_relay() -> None:
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
-def _keep_only_fds(relay: _Relay, prepared: list[_Relay]) -> None:
-    """Close everything but stderr, the listener and the pinned socket.
+def _keep_only_fds(prepared: list[_Relay]) -> None:
+    """Close everything but stderr, the listeners and the pinned sockets.
 
-    Other relays' listeners would keep their ports bound after those relays
-    die; the stub's and the caller's fds (pipes, terminals) would keep a
-    reader waiting for EOF. stdin and stdout become /dev/null rather than
-    closed, so no socket can be numbered 0 or 1.
+    The stub's and the caller's fds (pipes, terminals) would keep a reader
+    waiting for EOF. stdin and stdout become /dev/null rather than closed,
+    so no socket can be numbered 0 or 1.
     """
-    for other in prepared:
-        if other is not relay:
-            os.close(other.listener)
-            os.close(other.target)
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     os.dup2(null, 0)
     os.dup2(null, 1)
-    keep = sorted((relay.listener, relay.target))
-    start = 3
-    for fd in keep:
-        os.closerange(start, fd)
-        start = fd + 1
-    kernel.close_fds_from(start)
+    kernel.close_fds_except([fd for relay in prepared for fd in (relay.listener, relay.target)])

@@ -137,8 +137,31 @@ def raise_open_files_limit() -> None:
             pass  # the soft limit stays; shortages are handled anyway
 
 
+class _Listener:
+    """A listening socket and where its connections go.
+
+    The spare is that upstream's next socket, made before a client is
+    accepted (see :meth:`Loop._accept`).
+    """
+
+    __slots__ = ("sock", "fd", "upstream", "spare", "listening", "splice_from_client", "splice_from_upstream")
+
+    def __init__(self, sock: _socket.socket, upstream: Upstream) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.upstream = upstream
+        self.spare: _socket.socket | None = None
+        self.listening = False
+        # Splice from TCP sockets only (see _Flow).
+        self.splice_from_client = sock.family != _socket.AF_UNIX
+        self.splice_from_upstream = upstream.family != _socket.AF_UNIX
+
+
 class Loop:
-    """One listener, one upstream, every connection between them.
+    """Listeners, their upstreams, and every connection between them.
+
+    One listener is given here; :meth:`add_listener` adds more (the
+    in-sandbox relay serves every --relay port from one process).
 
     ``once``: take one connection, close the listener (``on_listener_closed``
     is called then), and return when that connection has ended — socat
@@ -163,9 +186,8 @@ class Loop:
         prepare_client=None,  # type: ignore[no-untyped-def]
         program: str = "srt-launcher",
     ) -> None:
-        self.listener = listener
-        self.listener_fd = listener.fileno()
-        self.upstream = upstream
+        self.listeners = {listener.fileno(): _Listener(listener, upstream)}
+        self.listening = 0  # listeners in the epoll set
         self.connect_timeout = connect_timeout
         self.once = once
         self.linger = linger
@@ -179,27 +201,28 @@ class Loop:
         self.timers: list[list] = []  # heap of [deadline, sequence, callback or None]
         self.sequence = 0
         self.cancelled = 0  # entries of self.timers whose callback is None
-        self.spare: _socket.socket | None = None
-        self.listening = False
         self.backing_off = False
         self.bulk_turn = BULK_TURN_SHARED  # what a bulk direction moves in this round
         self.view = memoryview(bytearray(COPY_TURN))  # every copy of a short exchange goes through it
         self.bulk_view: memoryview | None = None  # the same for bulk turns, made when first needed
-        # Splice from TCP sockets only (see _Flow).
-        self.splice_from_client = listener.family != _socket.AF_UNIX
-        self.splice_from_upstream = upstream.family != _socket.AF_UNIX
         self.status = 0  # what run() returns in once mode: 1 if the connection could not be made
+
+    def add_listener(self, listener: _socket.socket, upstream: Upstream) -> None:
+        """Serve ``listener`` too, its connections going to ``upstream`` (before :meth:`run`)."""
+        self.listeners[listener.fileno()] = _Listener(listener, upstream)
 
     # ------------------------------------------------------------ running
 
     def run(self) -> int:
-        """Serve until the listener breaks (raises LauncherError) or, in once mode, until done."""
-        self.listener.setblocking(False)
+        """Serve until a listener breaks (raises LauncherError) or, in once mode, until done."""
         if self.wake_fd is not None:
             self.epoll.register(self.wake_fd, _IN)
-        self._listen(True)
+        for listener in self.listeners.values():
+            listener.sock.setblocking(False)
+            self._listen(listener, True)
         poll = self.epoll.poll
         connections = self.connections
+        listeners = self.listeners
         shared_until = 0.0
         while self.listening or self.open or self.backing_off:
             later = []
@@ -211,8 +234,8 @@ class Loop:
                         later.append((connection, fd, events))
                         continue
                     connection.ready(fd, events)
-                elif fd == self.listener_fd:
-                    self._accept()
+                elif fd in listeners:
+                    self._accept(listeners[fd])
                 elif fd == self.wake_fd:
                     _drain(fd)
                 others = True
@@ -273,38 +296,40 @@ class Loop:
 
     # ------------------------------------------------------------ the listener
 
-    def _listen(self, on: bool) -> None:
-        if on and not self.listening:
-            self.epoll.register(self.listener_fd, _IN)
-        elif not on and self.listening:
-            self.epoll.unregister(self.listener_fd)
-        self.listening = on
+    def _listen(self, listener: _Listener, on: bool) -> None:
+        if on and not listener.listening:
+            self.epoll.register(listener.fd, _IN)
+            self.listening += 1
+        elif not on and listener.listening:
+            self.epoll.unregister(listener.fd)
+            self.listening -= 1
+        listener.listening = on
 
-    def _accept(self) -> None:
+    def _accept(self, listener: _Listener) -> None:
         for _ in range(ACCEPT_BATCH):
-            if self.spare is None:
+            if listener.spare is None:
                 try:
-                    self.spare = _socket.socket(
-                        self.upstream.family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
+                    listener.spare = _socket.socket(
+                        listener.upstream.family, _socket.SOCK_STREAM | _socket.SOCK_NONBLOCK | _socket.SOCK_CLOEXEC
                     )
                 except OSError as err:
-                    self._shortage(err)
+                    self._shortage(err, listener)
                     return
             try:
-                fd = self.listener._accept()[0]
+                fd = listener.sock._accept()[0]
             except BlockingIOError:
                 return
             except OSError as err:
                 if err.errno in _TRANSIENT_ACCEPT_ERRORS:
                     continue
                 if err.errno in _SHORTAGE_ERRORS:
-                    self._shortage(err)
+                    self._shortage(err, listener)
                     return
-                raise LauncherError.from_os("relay: accept", str(self.upstream), err) from None
-            upstream, self.spare = self.spare, None
+                raise LauncherError.from_os("relay: accept", str(listener.upstream), err) from None
+            upstream, listener.spare = listener.spare, None
             if self.once:
-                self._close_listener()
-            connection = _Connection(self, fd, upstream)
+                self._close_listener(listener)
+            connection = _Connection(self, fd, upstream, listener)
             try:
                 if self.prepare_client is not None:
                     self.prepare_client(connection.client)
@@ -314,14 +339,18 @@ class Loop:
             if self.once:
                 return
 
-    def _shortage(self, err: OSError) -> None:
-        """Out of descriptors (or memory): wait for a connection to close, or a while."""
+    def _shortage(self, err: OSError, listener: _Listener) -> None:
+        """Out of descriptors (or memory): wait for a connection to close, or a while.
+
+        A shortage is the process's, so every listener waits.
+        """
         if err.errno not in _SHORTAGE_ERRORS:
-            raise LauncherError.from_os("relay: socket", str(self.upstream), err) from None
+            raise LauncherError.from_os("relay: socket", str(listener.upstream), err) from None
         if err.errno == errno.EMFILE and not self.open:
             # Every descriptor of ours is one we keep for good: none will be freed.
-            raise LauncherError.from_os("relay: no descriptor left for a connection", str(self.upstream), err)
-        self._listen(False)
+            raise LauncherError.from_os("relay: no descriptor left for a connection", str(listener.upstream), err)
+        for each in self.listeners.values():
+            self._listen(each, False)
         if not self.backing_off:
             self.backing_off = True
             self.call_later(BACK_OFF, self._resume)
@@ -329,11 +358,13 @@ class Loop:
     def _resume(self) -> None:
         if self.backing_off:
             self.backing_off = False
-            self._listen(True)
+            for listener in self.listeners.values():
+                self._listen(listener, True)
 
-    def _close_listener(self) -> None:
-        self._listen(False)
-        self.listener.close()
+    def _close_listener(self, listener: _Listener) -> None:
+        self._listen(listener, False)
+        del self.listeners[listener.fd]
+        listener.sock.close()
         if self.on_listener_closed is not None:
             self.on_listener_closed()
 
@@ -350,11 +381,12 @@ class Loop:
 class _Connection:
     """A client and its upstream; connecting, then two flows."""
 
-    __slots__ = ("loop", "client", "client_fd", "upstream", "upstream_fd", "flows", "masks", "timer", "handshake", "retry",
-                 "bulk")  # fmt: skip
+    __slots__ = ("loop", "via", "client", "client_fd", "upstream", "upstream_fd", "flows", "masks", "timer", "handshake",
+                 "retry", "bulk")  # fmt: skip
 
-    def __init__(self, loop: Loop, client_fd: int, upstream: _socket.socket) -> None:
+    def __init__(self, loop: Loop, client_fd: int, upstream: _socket.socket, via: _Listener) -> None:
         self.loop = loop
+        self.via = via  # the listener it came through: where it goes
         self.client_fd = client_fd
         # An accepted socket's flags are O_RDWR alone: one fcntl, not set_blocking's two.
         fcntl.fcntl(client_fd, fcntl.F_SETFL, os.O_RDWR | os.O_NONBLOCK)
@@ -377,12 +409,12 @@ class _Connection:
     def connect(self) -> None:
         loop = self.loop
         try:
-            loop.upstream.prepare(self.upstream)
-            code = self.upstream.connect_ex(loop.upstream.address)
+            self.via.upstream.prepare(self.upstream)
+            code = self.upstream.connect_ex(self.via.upstream.address)
         except OSError as err:
             code = err.errno
         except Exception as err:  # noqa: BLE001 - a bad address must not end the relay
-            self.fail(LauncherError("relay: connect", str(loop.upstream), repr(err)))
+            self.fail(LauncherError("relay: connect", str(self.via.upstream), repr(err)))
             return
         if code == 0:
             self._connected()
@@ -409,7 +441,7 @@ class _Connection:
             self._failed_connect(errno.ETIMEDOUT)
 
     def _failed_connect(self, code: int) -> None:
-        self.fail(LauncherError("relay: connect", str(self.loop.upstream), os.strerror(code)))
+        self.fail(LauncherError("relay: connect", str(self.via.upstream), os.strerror(code)))
 
     def fail(self, err: LauncherError) -> None:
         """The upstream could not be reached: closing tells the client; the loop goes on."""
@@ -421,15 +453,15 @@ class _Connection:
         if self.timer is not None:
             self.loop.cancel(self.timer)
             self.timer = None
-        make = self.loop.upstream.handshake
+        make = self.via.upstream.handshake
         if make is not None and self.handshake is None:
             self.handshake = make()
             self._start_handshake()
             return
         loop = self.loop
         self.flows = (
-            _Flow(self, self.client, self.upstream, loop.splice_from_client),
-            _Flow(self, self.upstream, self.client, loop.splice_from_upstream),
+            _Flow(self, self.client, self.upstream, self.via.splice_from_client),
+            _Flow(self, self.upstream, self.client, self.via.splice_from_upstream),
         )
         # Clients usually send at once: what is already there goes now, a round early.
         self.flows[0].step()
@@ -458,14 +490,14 @@ class _Connection:
             self.crashed(err)
 
     def crashed(self, err: Exception) -> None:
-        self.loop.report(LauncherError("relay", str(self.loop.upstream), repr(err)))
+        self.loop.report(LauncherError("relay", str(self.via.upstream), repr(err)))
         self.close()
 
     def _connect_finished(self) -> None:
         # connect() again rather than SO_ERROR: an event meant for an earlier
         # socket with the same number (closed in this round) must not pass
         # for the end of a connect still in progress.
-        code = self.upstream.connect_ex(self.loop.upstream.address)
+        code = self.upstream.connect_ex(self.via.upstream.address)
         if code in (0, errno.EISCONN):  # 0 the first time after it completed, EISCONN after that
             self._connected()
         elif code not in (errno.EALREADY, errno.EINPROGRESS):
@@ -478,10 +510,10 @@ class _Connection:
         try:
             sent = self.upstream.send(request)
         except OSError as err:
-            self.fail(LauncherError.from_os("relay: proxy", str(self.loop.upstream), err))
+            self.fail(LauncherError.from_os("relay: proxy", str(self.via.upstream), err))
             return
         if sent != len(request):  # a few hundred bytes into an empty socket buffer
-            self.fail(LauncherError("relay: proxy", str(self.loop.upstream), "could not send the request"))
+            self.fail(LauncherError("relay: proxy", str(self.via.upstream), "could not send the request"))
             return
         self._watch(self.upstream_fd, _IN)
         self.timer = self.loop.call_later(self.loop.connect_timeout, self._timed_out)
@@ -493,7 +525,7 @@ class _Connection:
         except BlockingIOError:
             return
         except OSError as err:
-            self.fail(LauncherError.from_os("relay: proxy", str(self.loop.upstream), err))
+            self.fail(LauncherError.from_os("relay: proxy", str(self.via.upstream), err))
             return
         used = handshake.feed(peeked)
         if used:
