@@ -107,6 +107,10 @@ class _U64(_ctypes._SimpleCData):
     _type_ = "Q"
 
 
+class _Address(_ctypes._SimpleCData):
+    _type_ = "P"  # void *
+
+
 class _CString(_ctypes._SimpleCData):
     _type_ = "z"  # char *: bytes, or None for NULL
 
@@ -137,10 +141,14 @@ _syscall = _libc_function("syscall", _Long)
 _mount = _libc_function("mount", _Int, (_CString, _CString, _CString, _ULong, _CString))
 _umount2 = _libc_function("umount2", _Int, (_CString, _Int))
 _unshare = _libc_function("unshare", _Int, (_Int,))
+_setrlimit = _libc_function("setrlimit", _Int, (_Int, _CString))
+_getrusage = _libc_function("getrusage", _Int, (_Int, _Address))
+_wait4 = _libc_function("wait4", _Int, (_Int, _Address, _Int, _Address))
 _setns = _libc_function("setns", _Int, (_Int, _Int))
 _prctl = _libc_function("prctl", _Int, (_Int, _ULong, _ULong, _ULong, _ULong))
 
 MACHINE = os.uname().machine
+MACHINE_BYTEORDER = "little" if MACHINE in ("x86_64", "aarch64") else "big"
 
 
 def _syscall_number(name: str) -> int:
@@ -163,6 +171,59 @@ def _path(value: str | None) -> bytes | None:
 
 def unshare(flags: int) -> None:
     _check(_unshare(flags))
+
+
+# struct rusage (64-bit): ru_utime and ru_stime (struct timeval: two longs
+# each), then ru_maxrss and thirteen more longs. The resource module would
+# do the same, but it is a shared object to load on the launch path.
+_RUSAGE_SIZE = 144
+RUSAGE_CHILDREN = -1
+_RLIM_INFINITY = (1 << 64) - 1
+_WORD = 8
+
+
+def _long(data: bytes, index: int) -> int:
+    return int.from_bytes(data[index * _WORD : (index + 1) * _WORD], MACHINE_BYTEORDER, signed=True)
+
+
+class Usage:
+    """What getrusage/wait4 report that the launcher uses: CPU seconds and peak RSS (KiB)."""
+
+    __slots__ = ("user", "system", "max_rss_kb")
+
+    def __init__(self, data: bytes) -> None:
+        self.user = _long(data, 0) + _long(data, 1) / 1e6
+        self.system = _long(data, 2) + _long(data, 3) / 1e6
+        self.max_rss_kb = _long(data, 4)
+
+
+def setrlimit(resource: int, soft: int, hard: int) -> None:
+    """setrlimit(2); -1 stands for RLIM_INFINITY."""
+    limits = b"".join((_RLIM_INFINITY if value < 0 else value).to_bytes(_WORD, MACHINE_BYTEORDER) for value in (soft, hard))
+    _check(_setrlimit(resource, limits))
+
+
+class _Char(_ctypes._SimpleCData):
+    _type_ = "c"
+
+
+_RusageBuffer = _Char * _RUSAGE_SIZE
+_StatusBuffer = _Int * 1
+
+
+def getrusage_children() -> Usage:
+    buffer = _RusageBuffer()
+    _check(_getrusage(RUSAGE_CHILDREN, _ctypes.addressof(buffer)))
+    return Usage(buffer.raw)
+
+
+def wait4(pid: int, options: int) -> tuple[int, int, Usage | None]:
+    """wait4(2): (pid, wait status, the child's usage); (0, 0, None) when WNOHANG finds none."""
+    status, buffer = _StatusBuffer(), _RusageBuffer()
+    child = _check(_wait4(pid, _ctypes.addressof(status), options, _ctypes.addressof(buffer)))
+    if child == 0:
+        return 0, 0, None
+    return child, status[0], Usage(buffer.raw)
 
 
 def setns(fd: int, nstype: int) -> None:

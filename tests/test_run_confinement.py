@@ -182,7 +182,7 @@ def test_raising_a_hard_limit_without_privilege_is_a_setup_failure(launcher):
     command = ["prlimit", "--nofile=256:256", *launcher.argv("run", *SYSTEM, "--rlimit", "nofile", "512", "--", "/bin/true")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 125, result.stderr
-    assert result.stderr == "srt-launcher: rlimit: nofile: not allowed to raise maximum limit\n"
+    assert result.stderr == "srt-launcher: rlimit: nofile: raising a hard limit needs a privilege the workload does not have\n"
 
 
 @pytest.mark.parametrize(

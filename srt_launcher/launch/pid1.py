@@ -168,8 +168,6 @@ def _enter_nested_pid_namespace(plan: Plan) -> None:
 def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
     """Import now what PID 1 and the worker use later: after the pivot the
     host's Python library may not be there to import from."""
-    if status or box.rlimits:
-        import resource  # noqa: F401  (setrlimit, getrusage; os.wait4 imports it too)
     if box.lock_files:
         import fcntl  # noqa: F401
 
@@ -423,7 +421,7 @@ class _Wait4:
         self.usage: dict = {}
 
     def __call__(self, pid: int, options: int) -> tuple[int, int]:
-        child, status, usage = os.wait4(pid, options)
+        child, status, usage = kernel.wait4(pid, options)  # ECHILD: ChildProcessError, as os.waitpid
         if child:
             self.usage[child] = usage
         return child, status
@@ -456,7 +454,7 @@ def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type
         return "fsize"
     cpu = box.rlimits.get(sandbox.RLIMITS["cpu"])
     if signum == _signal.SIGKILL and cpu is not None and usage is not None and cpu[1] != sandbox.RLIM_INFINITY:
-        used = usage.ru_utime + usage.ru_stime
+        used = usage.user + usage.system
         if used >= cpu[1] * _CPU_SHARE:
             return "cpu"
     return ""
@@ -464,10 +462,8 @@ def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type
 
 
 def _send_end(plan: Plan, cause: str, signum: int, limit: str, wall: float, code: int) -> None:
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    end = report.End(cause, signum, limit, wall, usage.ru_utime, usage.ru_stime, usage.ru_maxrss, code)
+    usage = kernel.getrusage_children()
+    end = report.End(cause, signum, limit, wall, usage.user, usage.system, usage.max_rss_kb, code)
     report.send(plan.channel, report.END, end.encode())
 
 
@@ -541,19 +537,17 @@ def _close_launcher_fds(plan: Plan) -> None:
 
 
 def _set_rlimits(rlimits: dict[int, tuple[int, int]]) -> None:
-    if not rlimits:
-        return
-    import resource  # imported before the pivot (_import_what_the_sandbox_needs)
-
     for which, (soft, hard) in rlimits.items():
+        name = sandbox.RLIMIT_NAMES.get(which, str(which))
+        if hard != sandbox.RLIM_INFINITY and (soft == sandbox.RLIM_INFINITY or soft > hard):
+            raise LauncherError("rlimit", name, "the soft limit is above the hard limit")
         try:
-            resource.setrlimit(which, (soft, hard))
-        except (OSError, ValueError) as err:
-            name = sandbox.RLIMIT_NAMES.get(which, str(which))
-            reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else str(err)
-            raise LauncherError("rlimit", name, reason) from None
-
-
+            kernel.setrlimit(which, soft, hard)
+        except OSError as err:
+            if err.errno == errno.EPERM:
+                reason = "raising a hard limit needs a privilege the workload does not have"
+                raise LauncherError("rlimit", name, reason, errno=err.errno) from None
+            raise LauncherError.from_os("rlimit", name, err) from None
 
 
 def _install_seccomp(program: kernel.SeccompProgram) -> None:
