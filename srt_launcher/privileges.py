@@ -52,6 +52,20 @@ def _drop_bounding(cap: int) -> None:
         kernel.prctl_capbset_drop(cap)
 
 
+def _drop_bounding_except(kept: frozenset[int]) -> None:
+    """Drop every capability but ``kept`` from the bounding set, up to the kernel's last one."""
+    cap = 0
+    while True:
+        try:
+            if cap not in kept:
+                _drop_bounding(cap)
+        except OSError as err:
+            if err.errno == errno.EINVAL:
+                return  # past the kernel's last capability
+            raise
+        cap += 1
+
+
 def drop_all_capabilities() -> None:
     """Empty the bounding, ambient, inheritable, permitted and effective sets.
 
@@ -59,15 +73,7 @@ def drop_all_capabilities() -> None:
     the final capset removes. Without the bounding drop, a later execve of a
     file with capabilities (or uid 0 executing anything) could regain them.
     """
-    cap = 0
-    while True:
-        try:
-            _drop_bounding(cap)
-        except OSError as err:
-            if err.errno == errno.EINVAL:
-                break  # past the kernel's last capability
-            raise
-        cap += 1
+    _drop_bounding_except(frozenset())
     kernel.clear_ambient_capabilities()
     kernel.capset_clear()
 
@@ -80,16 +86,7 @@ def keep_only_capabilities(caps: frozenset[int]) -> None:
     permitted, inheritable and ambient, so that they survive exec of a
     program without file capabilities, as a non-root user's.
     """
-    cap = 0
-    while True:
-        try:
-            if cap not in caps:
-                _drop_bounding(cap)
-        except OSError as err:
-            if err.errno == errno.EINVAL:
-                break  # past the kernel's last capability
-            raise
-        cap += 1
+    _drop_bounding_except(caps)
     mask = 0
     for kept in caps:
         mask |= 1 << kept

@@ -438,13 +438,7 @@ def _kill_everything() -> None:
             os.kill(-1, _signal.SIGKILL)
         except OSError:
             pass
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
+    _reap_until_none_is_left()
 
 
 def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type: ignore[no-untyped-def]
