@@ -273,6 +273,17 @@ def mount_setattr_add_recursive(target: str, ms_flags: int) -> None:
     _check(_syscall(number, AT_FDCWD, _path(target), AT_RECURSIVE, _ctypes.byref(attr), _ctypes.sizeof(attr)), target)
 
 
+def has_mount_setattr() -> bool:
+    """Whether mount_setattr(2) can be called here: an empty call on no fd
+    fails with EBADF where it exists, ENOSYS (old kernel) or EPERM (a
+    container policy that does not know it) where it cannot be used."""
+    attr = _MountAttr(0, 0, 0, 0)
+    number = _syscall_number("mount_setattr")
+    if _syscall(number, -1, b"", AT_EMPTY_PATH, _ctypes.byref(attr), _ctypes.sizeof(attr)) >= 0:
+        return True
+    return _ctypes.get_errno() not in (38, 1)  # ENOSYS, EPERM
+
+
 class _CapHeader(_ctypes.Structure):
     _fields_ = [("version", _UInt), ("pid", _Int)]
 

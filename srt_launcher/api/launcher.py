@@ -572,7 +572,9 @@ def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int
     except BaseException as err:  # out of processes, descriptors...: say so on the status pipe
         reason = os.strerror(err.errno) if isinstance(err, OSError) and err.errno else repr(err)
         try:
-            report.write_all(status, report.json_line(report.end_fields(SETUP_FAILED, None, LauncherError("launch", None, reason))))
+            from srt_launcher.launch import status as records
+
+            records.write_all(status, records.json_line(records.end_fields(SETUP_FAILED, None, LauncherError("launch", None, reason))))
         except OSError:
             pass
     finally:

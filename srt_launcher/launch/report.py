@@ -13,13 +13,12 @@ ended with this exit status (a lingering PID 1 goes on reaping);
 ``E<error>`` a LauncherError;
 ``X<fields>`` how the sandbox ended, with its resource usage.
 
-The status records (SPEC §6, bubblewrap's --info-fd and --json-status-fd)
-are written by the stub, one JSON object per line on the status fd. No json
-module: it would import re on the launch path.
+The status records themselves are launch/status.py's, loaded only when a
+status fd is given.
 """
 
 import os
-import struct
+import sys
 
 import _socket
 
@@ -31,11 +30,8 @@ WORKER = b"W"
 ERROR = b"E"
 END = b"X"
 
-# bubblewrap's keys, in its order; "mnt" comes from PID 1 (the stub stays in
-# the host mount namespace), the others from the stub's own namespaces.
-NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "uts")
-
-_UCRED = struct.Struct("iII")
+# struct ucred: pid (int), uid, gid (unsigned int), native byte order.
+_UCRED_SIZE = 12
 _MAX_RECORD = 65536
 
 
@@ -60,7 +56,7 @@ def send_error(sock: _socket.socket, err: LauncherError) -> None:
 
 
 def send_worker_started(sock: _socket.socket) -> None:
-    credentials = _UCRED.pack(os.getpid(), os.getuid(), os.getgid())
+    credentials = b"".join(value.to_bytes(4, sys.byteorder) for value in (os.getpid(), os.getuid(), os.getgid()))
     try:
         sock.sendmsg([WORKER], [(_socket.SOL_SOCKET, _socket.SCM_CREDENTIALS, credentials)])
     except OSError:
@@ -77,15 +73,15 @@ def receive(sock: _socket.socket, block: bool = False) -> list[tuple[bytes, byte
     records: list[tuple[bytes, bytes, int | None]] = []
     while not (block and records):
         try:
-            data, ancillary, _, _ = sock.recvmsg(_MAX_RECORD, _socket.CMSG_SPACE(_UCRED.size))
+            data, ancillary, _, _ = sock.recvmsg(_MAX_RECORD, _socket.CMSG_SPACE(_UCRED_SIZE))
         except (BlockingIOError, InterruptedError):
             return records
         if not data:
             return records
         sender = None
         for level, kind, value in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(value) >= _UCRED.size:
-                sender = _UCRED.unpack(value[: _UCRED.size])[0]
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(value) >= _UCRED_SIZE:
+                sender = int.from_bytes(value[:4], sys.byteorder, signed=True)
         records.append((data[:1], data[1:], sender))
     return records
 
@@ -121,39 +117,6 @@ class End:
             return None
 
 
-def json_string(text: str) -> str:
-    out = ['"']
-    for char in text:
-        if char in '"\\':
-            out.append("\\" + char)
-        elif ord(char) < 0x20 or 0xD800 <= ord(char) < 0xE000:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def _json_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json_string(key)}: {_json_value(item)}" for key, item in value.items()) + " }"
-    return "null" if value is None else json_string(str(value))
-
-
-def json_line(fields: dict) -> bytes:
-    return (_json_value(fields) + "\n").encode("utf-8", "surrogateescape")
-
-
-def info_document(fields: dict) -> bytes:
-    """bubblewrap's --info-fd layout: one key per line, four spaces of indent."""
-    lines = ",\n".join(f"    {json_string(key)}: {_json_value(value)}" for key, value in fields.items())
-    return ("{\n" + lines + "\n}\n").encode()
-
-
 def namespaces_of_pid1() -> bytes:
     """The payload of PID 1's MOUNT_NAMESPACE record: its mount and PID namespaces."""
     return b"%d %d" % (os.stat("/proc/self/ns/mnt").st_ino, os.stat("/proc/self/ns/pid").st_ino)
@@ -166,52 +129,3 @@ def parse_namespaces_of_pid1(payload: bytes) -> tuple[int | None, int | None]:
     return int(parts[0]), int(parts[1])
 
 
-def namespace_ids(names: list[str], mount_namespace: int | None, pid_namespace: int | None = None) -> dict[str, int]:
-    """Inode numbers of the sandbox's namespaces, read from the stub's own
-    (it is in each of them but the mount one; its pid_for_children is the
-    sandbox's PID namespace), but for those PID 1 reported: its mount
-    namespace, and its PID namespace (one made inside a joined one, --pidns,
-    is not the stub's pid_for_children)."""
-    ids = {}
-    for name in NAMESPACES:
-        if name not in names:
-            continue
-        if name == "mnt":
-            if mount_namespace:
-                ids["mnt-namespace"] = mount_namespace
-            continue
-        if name == "pid" and pid_namespace:
-            ids["pid-namespace"] = pid_namespace
-            continue
-        path = "/proc/self/ns/" + ("pid_for_children" if name == "pid" else name)
-        try:
-            ids[f"{name}-namespace"] = os.stat(path).st_ino
-        except OSError:
-            continue  # as bubblewrap: what cannot be read is not written
-    return ids
-
-
-def end_fields(code: int, end: "End | None", error: LauncherError | None) -> dict:
-    if error is not None:
-        message = error.reason or ""
-        return {
-            "error": {"step": error.step, "value": error.value, "message": message, "status": error.exit_code}
-        }
-    fields: dict = {"exit-code": code}
-    if end is None:
-        return fields
-    fields["cause"] = end.cause
-    if end.signal:
-        fields["signal"] = end.signal
-    if end.limit:
-        fields["limit"] = end.limit
-    fields.update(
-        {"wall-time": round(end.wall, 6), "user-time": round(end.user, 6), "system-time": round(end.system, 6), "max-rss-kb": end.max_rss_kb}
-    )
-    return fields
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

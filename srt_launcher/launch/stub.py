@@ -230,25 +230,29 @@ class _Stub:
         if child is None:
             return
         fields: dict = {"child-pid": child}
-        fields.update(report.namespace_ids(_unshared(box), self.mount_ns, self.pid_ns))
+        from srt_launcher.launch import status
+
+        fields.update(status.namespace_ids(_unshared(box), self.mount_ns, self.pid_ns))
         if box.info_fd is not None:
-            _write_status(box.info_fd, report.info_document(fields), close=True)
+            _write_status(box.info_fd, status.info_document(fields), close=True)
         if box.json_status_fd is not None:
-            _write_status(box.json_status_fd, report.json_line(fields), close=False)
+            _write_status(box.json_status_fd, status.json_line(fields), close=False)
 
     def write_end(self, code: int, end: "report.End | None", error: LauncherError | None) -> None:
         fd = self.box.json_status_fd
         if fd is None or self.ended:
             return
         self.ended = True  # the descriptor is closed below: never written again
+        from srt_launcher.launch import status
+
         if self.box.status_child == sandbox.CHILD_IS_PID1:
             # bubblewrap's records: the exit code of a command that ran, and
             # nothing at all when it never ran.
             fields = None if error is not None else {"exit-code": code}
         else:
-            fields = report.end_fields(code, end, error)
+            fields = status.end_fields(code, end, error)
         if fields is not None:
-            _write_status(fd, report.json_line(fields), close=True)
+            _write_status(fd, status.json_line(fields), close=True)
 
     # ------------------------------------------------------------ relays
 
@@ -422,7 +426,9 @@ def _read_one_byte(fd: int) -> None:
 
 def _write_status(fd: int, data: bytes, close: bool) -> None:
     try:
-        report.write_all(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     except OSError as err:
         raise LauncherError.from_os("status fd", str(fd), err) from None
     finally:

@@ -25,7 +25,6 @@ import stat
 
 from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
-from srt_launcher.mount import mountinfo
 from srt_launcher.mount.target import CREATE_DIR, CREATE_FILE, open_in_root, open_parent_in_root
 
 OLDROOT = "/oldroot"
@@ -251,6 +250,8 @@ def remount_tree_by_mountinfo(ctx: MountContext, target: str, add_flags: int, st
     """Remount the bind at ``target`` and each reachable submount with its own
     flags plus ``add_flags`` (bubblewrap's bind_mount(), for kernels without
     mount_setattr)."""
+    from srt_launcher.mount import mountinfo  # imported before the pivot (root.build)
+
     try:
         path = mountinfo.kernel_path(target, ctx.proc_fd)
         mounts = mountinfo.bind_and_submounts(mountinfo.read(ctx.proc_fd), path)
@@ -298,6 +299,8 @@ def _remount_ro(step: Step, ctx: MountContext) -> None:
     target = _target(mount, None)
     try:
         link = _FD_LINKS + str(target)
+        from srt_launcher.mount import mountinfo  # imported before the pivot (root.build)
+
         if not mountinfo.is_mount_root(target, ctx.proc_fd):
             raise LauncherError(mount.kind, mount.dest, "not a mount point")
         _remount(link, _flags_of_mount_at(link), kernel.MS_RDONLY)

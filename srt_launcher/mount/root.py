@@ -21,7 +21,7 @@ runs in PID 1, in a fresh mount namespace, before the worker exists:
 
 import os
 
-from srt_launcher import kernel
+from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
 from srt_launcher.mount import ops
 
@@ -33,6 +33,10 @@ def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host
     # The host procfs, kept open across the pivot: every bind needs mountinfo,
     # and the sandbox may have no /proc of its own yet (or ever).
     proc_fd = _step("open /proc", "/proc", os.open, "/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    if any(step.mount.kind == sandbox.REMOUNT_RO for step in steps) or not kernel.has_mount_setattr():
+        # Read only by --remount-ro and the remount fallback, and there is
+        # nothing to import from once the host root has been pivoted away.
+        from srt_launcher.mount import mountinfo  # noqa: F401
     try:
         _enter_staging()
         ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root)
