@@ -407,17 +407,7 @@ def _add_seccomp_fd(state: _Parse, option: str, args: list[str]) -> None:
 
 def read_seccomp_program(fd: int) -> bytes:
     """A caller-compiled classic BPF program (struct sock_filter[]), read to EOF, fd closed."""
-    chunks = []
-    try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    except OSError as err:
-        raise Die(f"Can't read seccomp data: {os.strerror(err.errno)}") from None
-    try:
-        os.close(fd)
-    except OSError:
-        pass
-    program = b"".join(chunks)
+    program = _read_all(fd, "Can't read seccomp data")
     if len(program) % 8:
         raise Die("Invalid seccomp data, must be multiple of 8")
     return program
@@ -485,6 +475,7 @@ def _splice(state: _Parse, option: str, args: list[str]) -> None:
 
 
 def _read_all(fd: int, what: str) -> bytes:
+    """Everything ``fd`` holds, read to EOF, fd closed; a read error dies as ``WHAT: strerror``."""
     chunks = []
     try:
         while chunk := os.read(fd, 65536):
