@@ -44,6 +44,22 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[int(rank) - 1]
 
 
+def fmt(value: float | None, unit: str) -> str:
+    """A result for the report: thousands grouped from 100 up, two decimals below; n/a for none or NaN."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
+
+
+def spread(values: list[float]) -> str:
+    """The smallest and largest of a series of results, at the precision ``fmt`` gives them."""
+    if not values:
+        return ""
+    if max(values) < 100:
+        return f"min {min(values):.2f}, max {max(values):.2f}"
+    return f"min {min(values):,.0f}, max {max(values):,.0f}"
+
+
 # ---------------------------------------------------------------- resources and cleanup
 
 

@@ -34,7 +34,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness import BenchError, comm, eprint, median, parse_pair, process_tree, smaps_rollup, wait_for_socket
+from harness import BenchError, comm, eprint, fmt, median, parse_pair, process_tree, smaps_rollup, spread, wait_for_socket
 
 SANDBOX_PORT = 3128
 MB = 1_000_000
@@ -299,21 +299,7 @@ class RelaySection:
         unit = {"throughput": " MB/s", "rate": " conn/s", "rate8": " conn/s", "fair": "x", "memory": " MB"}[kind]
         label = {"throughput": "throughput", "rate": "rate", "rate8": f"rate x{CONCURRENT_CLIENTS}",
                  "fair": "rate during bulk / without", "memory": f"PSS, {HOLD_CONNECTIONS} open"}[kind]  # fmt: skip
-        self.rows.append((f"{role.name}: {label} srt", _fmt(result["median_srt"], unit), _spread(result["srt"])))
-        self.rows.append((f"{role.name}: {label} socat", _fmt(result["median_socat"], unit), _spread(result["socat"])))
+        self.rows.append((f"{role.name}: {label} srt", fmt(result["median_srt"], unit), spread(result["srt"])))
+        self.rows.append((f"{role.name}: {label} socat", fmt(result["median_socat"], unit), spread(result["socat"])))
         if kind != "fair":
-            self.rows.append(("  ratio srt/socat", _fmt(result["median_ratio"], "x"), f"median of {len(result['ratios'])} pairs"))
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
-
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return ""
-    if max(values) < 100:
-        return f"min {min(values):.2f}, max {max(values):.2f}"
-    return f"min {min(values):,.0f}, max {max(values):,.0f}"
+            self.rows.append(("  ratio srt/socat", fmt(result["median_ratio"], "x"), f"median of {len(result['ratios'])} pairs"))

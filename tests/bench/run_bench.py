@@ -51,6 +51,7 @@ from harness import (
     build_benchtool,
     comm,
     eprint,
+    fmt,
     median,
     parse_pair,
     percentile,
@@ -244,7 +245,7 @@ class Bench:
             for name in (a, b):
                 rows.append(_launch_row(name, out))
             key = f"{a}/{b}"
-            rows.append((f"  ratio {key}", _fmt(out["median_ratio"].get(key), "x"), f"median of {len(ratios[key])} pairs"))
+            rows.append((f"  ratio {key}", fmt(out["median_ratio"].get(key), "x"), f"median of {len(ratios[key])} pairs"))
         for name in floors:
             rows.append(_launch_row(name, out))
         _table("launch latency (ms, spawn to reaped)", ("command", "median", "p10 / p90"), rows)
@@ -357,12 +358,12 @@ class Bench:
         ref["tcp_rate_during_bulk_ratio"] = median(fair)
         self.results["relay_direct_reference"] = ref
         section.rows += [
-            ("direct unix client->sink", _fmt(ref["unix_throughput_MBps"], " MB/s"), "reference, no relay"),
-            ("direct tcp client->sink", _fmt(ref["tcp_throughput_MBps"], " MB/s"), "reference, no relay"),
-            ("direct unix client->echo", _fmt(ref["unix_rate_per_s"], " conn/s"), "reference, no relay"),
-            ("direct tcp client->echo", _fmt(ref["tcp_rate_per_s"], " conn/s"), "reference, no relay"),
-            ("direct tcp client->echo x8", _fmt(ref["tcp_rate8_per_s"], " conn/s"), "reference, 8 client processes"),
-            ("direct tcp rate during bulk / without", _fmt(ref["tcp_rate_during_bulk_ratio"], "x"),
+            ("direct unix client->sink", fmt(ref["unix_throughput_MBps"], " MB/s"), "reference, no relay"),
+            ("direct tcp client->sink", fmt(ref["tcp_throughput_MBps"], " MB/s"), "reference, no relay"),
+            ("direct unix client->echo", fmt(ref["unix_rate_per_s"], " conn/s"), "reference, no relay"),
+            ("direct tcp client->echo", fmt(ref["tcp_rate_per_s"], " conn/s"), "reference, no relay"),
+            ("direct tcp client->echo x8", fmt(ref["tcp_rate8_per_s"], " conn/s"), "reference, 8 client processes"),
+            ("direct tcp rate during bulk / without", fmt(ref["tcp_rate_during_bulk_ratio"], "x"),
              "reference: what the machine leaves a short connection while a download streams"),
         ]  # fmt: skip
 
@@ -438,7 +439,7 @@ class Bench:
                 "runs": runs,
             }
             per = ", ".join(f"{p['comm']} {p['Pss'] / 1000:.1f}" for p in runs[-1]["processes"])
-            rows.append((f"{who} PSS", _fmt(pss, " MB"), f"RSS {out[who]['rss_mb']:.1f}, USS {out[who]['uss_mb']:.1f}; {per}"))
+            rows.append((f"{who} PSS", fmt(pss, " MB"), f"RSS {out[who]['rss_mb']:.1f}, USS {out[who]['uss_mb']:.1f}; {per}"))
         self.results["memory"] = out
         _table("memory while the workload sleeps (MB = 10^6 bytes; workload excluded)", ("tree", "PSS", "detail (per-process PSS MB)"), rows)
         ratio = out["srt"]["pss_mb"] / out["chain"]["pss_mb"] if out["srt"]["pss_mb"] and out["chain"]["pss_mb"] else None
@@ -551,10 +552,10 @@ class Bench:
         }
         self.results["imports"] = out
         rows = [
-            ("all top-level imports (cumulative)", _fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, -I -S"),
-            ("launcher's own (not in `python -c pass`)", _fmt(out["launcher_own_self_ms"], " ms"), "sum of self times"),
+            ("all top-level imports (cumulative)", fmt(out["total_top_level_ms"], " ms"), "stub + relays + PID 1 + worker, -I -S"),
+            ("launcher's own (not in `python -c pass`)", fmt(out["launcher_own_self_ms"], " ms"), "sum of self times"),
         ]
-        rows += [(f"  {n}", _fmt(v, " ms"), "top-level, cumulative") for v, n in top[:10]]
+        rows += [(f"  {n}", fmt(v, " ms"), "top-level, cumulative") for v, n in top[:10]]
         rows.append(("click / pyroute2 / pyseccomp", "NONE" if not forbidden else "IMPORTED", ", ".join(forbidden)))
         _table("python -X importtime of the full-style run path (median)", ("module", "time", "note"), rows)
         if forbidden:
@@ -597,18 +598,6 @@ def _metric(label: str, count: int, ns: int) -> float:
     if "MBps" in label:
         return count / MB / (ns / 1e9)
     return count / (ns / 1e9)
-
-
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None or value != value:
-        return "n/a"
-    return f"{value:,.0f}{unit}" if value >= 100 else f"{value:.2f}{unit}"
-
-
-def _spread(values: list[float]) -> str:
-    if not values:
-        return ""
-    return f"min {min(values):,.0f}, max {max(values):,.0f}"
 
 
 def _launch_row(name: str, out: dict) -> tuple[str, str, str]:
