@@ -150,24 +150,12 @@ def echo_upstream():  # type: ignore[no-untyped-def]
 
 
 def connect_unix(path: Path, timeout: float = 20) -> socket.socket:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    client.settimeout(timeout)
-    client.connect(str(path))
-    return client
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(1 << 16):
-        chunks.append(data)
-    return b"".join(chunks)
+    return relay_clients.connect(f"unix:{path}", timeout)
 
 
 def round_trip(path: Path, payload: bytes = b"ping") -> bytes:
-    with connect_unix(path) as client:
-        client.sendall(payload)
-        client.shutdown(socket.SHUT_WR)
-        return recv_all(client)
+    """Send ``payload``, half-close, return everything that came back."""
+    return relay_clients.exchange(f"unix:{path}", payload)
 
 
 # --- /proc helpers ------------------------------------------------------------
@@ -343,7 +331,7 @@ def test_relay_round_trips_data_in_both_directions_at_once(launcher, relays, sha
         # Send while receiving: a pump that blocked on one direction would deadlock here.
         sender = threading.Thread(target=lambda: (client.sendall(payload), client.shutdown(socket.SHUT_WR)))
         sender.start()
-        echoed = recv_all(client)
+        echoed = relay_clients.recv_all(client)
         sender.join()
     assert echoed == payload
 
@@ -716,14 +704,14 @@ def test_relay_propagates_the_upstreams_half_close_while_the_client_still_sends(
         with conn:
             conn.sendall(b"banner\n")
             conn.shutdown(socket.SHUT_WR)
-            received.append(recv_all(conn))
+            received.append(relay_clients.recv_all(conn))
 
     server = Upstream(speak_first)
     try:
         path = shared_dir / "proxy.sock"
         relays.start(path, server.address)
         with connect_unix(path) as client:
-            assert recv_all(client) == b"banner\n"  # EOF after the banner
+            assert relay_clients.recv_all(client) == b"banner\n"  # EOF after the banner
             payload = os.urandom(500_000)
             client.sendall(payload)
             client.shutdown(socket.SHUT_WR)
@@ -752,7 +740,7 @@ def test_an_upstream_vanishing_mid_transfer_closes_that_connection_only(launcher
             assert steady.recv(6) == b"steady"
             doomed.sendall(b"vanish" + os.urandom(100_000))
             try:
-                rest = recv_all(doomed)
+                rest = relay_clients.recv_all(doomed)
             except ConnectionResetError:
                 rest = b""
             assert rest == b"", "the doomed connection must end"
