@@ -7,16 +7,13 @@ and the end-to-end tunnel go through a real tinyproxy. Nothing is mocked.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
+import peers
 from conftest import Launcher
 
 REFUSED_EXIT = 125
@@ -270,78 +267,30 @@ def test_connect_refused_by_a_fake_proxy_prints_its_status_line_escaped(launcher
 # --- a real proxy ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_tinyproxy(allowed_connect_port: int):  # type: ignore[no-untyped-def]
-    binary = shutil.which("tinyproxy") or ("/usr/bin/tinyproxy" if os.path.exists("/usr/bin/tinyproxy") else None)
-    if binary is None:
-        pytest.fail("tinyproxy is not installed (make test installs it)")
-    workdir = Path(tempfile.mkdtemp(prefix="srt-launcher-tinyproxy-", dir="/tmp"))
-    port = _free_port()
-    config = workdir / "tinyproxy.conf"
-    config.write_text(
-        f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\n"
-        f"ConnectPort {allowed_connect_port}\nMaxClients 20\nLogLevel Info\n"
-    )
-    process = subprocess.Popen(
-        [binary, "-d", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                shutil.rmtree(workdir, ignore_errors=True)
-                pytest.fail(f"tinyproxy did not start on 127.0.0.1:{port}")
-            time.sleep(0.05)
-    return process, port, workdir
+def greet_then_echo(conn: socket.socket) -> None:
+    conn.sendall(b"banner\n")
+    echo_rest(conn)
 
 
 @pytest.fixture
 def echo_server():  # type: ignore[no-untyped-def]
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(b"banner\n")
-                echo_rest(conn)
-
-    threading.Thread(target=serve, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept(), which would hold a descriptor number
-    listener.close()
+    server = peers.tcp_server(greet_then_echo, backlog=8)
+    yield server.port
+    server.close()
 
 
 @pytest.fixture
 def tinyproxy_allowing_443():  # type: ignore[no-untyped-def]
-    process, port, workdir = _start_tinyproxy(443)
-    yield f"127.0.0.1:{port}"
-    process.kill()
-    process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+    proxy = peers.Tinyproxy((443,))
+    yield f"127.0.0.1:{proxy.port}"
+    proxy.stop()
 
 
 @pytest.fixture
 def tinyproxy_allowing_echo(echo_server):  # type: ignore[no-untyped-def]
-    process, port, workdir = _start_tinyproxy(echo_server)
-    yield f"127.0.0.1:{port}", echo_server
-    process.kill()
-    process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+    proxy = peers.Tinyproxy((echo_server,))
+    yield f"127.0.0.1:{proxy.port}", echo_server
+    proxy.stop()
 
 
 def test_connect_refused_by_tinyproxy_exits_nonzero_showing_the_status_line(launcher, tinyproxy_allowing_443, echo_server):

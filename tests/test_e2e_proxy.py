@@ -15,47 +15,17 @@ import http.server
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+import peers
 from conftest import SYSTEM
 
 PROXY_PORT = "3128"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_listening(port: int, process: subprocess.Popen, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{what} is not listening on 127.0.0.1:{port}")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -73,36 +43,18 @@ def world_readable_dir():  # type: ignore[no-untyped-def]
         shutil.rmtree(path, ignore_errors=True)
 
 
-class Tinyproxy:
-    """A foreground tinyproxy allowing CONNECT to the given ports, logging to a file."""
-
-    def __init__(self, directory: Path, connect_ports: tuple[int, ...]) -> None:
-        self.port = _free_port()
-        self.log_path = directory / "tinyproxy.log"
-        conf = directory / "tinyproxy.conf"
-        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Timeout 60", "Allow 127.0.0.1", "MaxClients 20", "LogLevel Info"]
-        lines += [f"ConnectPort {port}" for port in connect_ports]
-        conf.write_text("\n".join(lines) + "\n")
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(["tinyproxy", "-d", "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-        _wait_listening(self.port, self.process, "tinyproxy")
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-
 @pytest.fixture
-def tinyproxy(world_readable_dir):  # type: ignore[no-untyped-def]
-    started: list[Tinyproxy] = []
+def tinyproxy():  # type: ignore[no-untyped-def]
+    """Starts a tinyproxy allowing CONNECT to the given ports (``.port``, ``.log()``)."""
+    started: list[peers.Tinyproxy] = []
 
-    def start(*connect_ports: int) -> Tinyproxy:
-        proxy = Tinyproxy(world_readable_dir("srt-e2e-tinyproxy-"), connect_ports)
-        started.append(proxy)
-        return proxy
+    def start(*connect_ports: int) -> peers.Tinyproxy:
+        started.append(peers.Tinyproxy(connect_ports, timeout=60))
+        return started[-1]
 
     yield start
     for proxy in started:
-        _stop(proxy.process)
+        proxy.stop()
 
 
 @pytest.fixture
@@ -123,7 +75,7 @@ def host_relay(launcher, shared_dir):  # type: ignore[no-untyped-def]
 
     yield start
     for process in started:
-        _stop(process)
+        peers.stop(process)
 
 
 @pytest.fixture
@@ -208,7 +160,7 @@ def sshd(ssh_keys, world_readable_dir, privilege_separation_dir):  # type: ignor
     authorized = conf_dir / "authorized_keys"
     authorized.write_text(ssh_keys.with_name("id_ed25519.pub").read_text())
     authorized.chmod(0o600)
-    port = _free_port()
+    port = peers.free_port()
     conf = conf_dir / "sshd_config"
     conf.write_text(
         "\n".join(
@@ -230,10 +182,10 @@ def sshd(ssh_keys, world_readable_dir, privilege_separation_dir):  # type: ignor
     with open(conf_dir / "sshd.log", "w") as log:  # a file: a pipe nobody reads would fill and stall sshd
         process = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_listening(port, process, "sshd")
+        peers.wait_listening(port, process, "sshd")
         yield port
     finally:
-        _stop(process)
+        peers.stop(process)
 
 
 def test_git_clone_over_ssh_through_connect_relays_and_tinyproxy(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import peers
 import relay_clients
 from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with, wait_for_sleeper
 
@@ -87,41 +88,9 @@ def read_until_eof(stream, timeout: float) -> bytes:  # type: ignore[no-untyped-
         data += chunk
 
 
-class Upstream:
+def upstream_server(handler) -> peers.Server:  # type: ignore[no-untyped-def]
     """A TCP server on 127.0.0.1; ``handler(conn)`` runs in a thread per connection."""
-
-    def __init__(self, handler) -> None:  # type: ignore[no-untyped-def]
-        self.handler = handler
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(1024)  # many connections at once: no SYN dropped and retried a second later
-        self.port = self.listener.getsockname()[1]
-        self.address = f"127.0.0.1:{self.port}"
-        self.connections: list[socket.socket] = []
-        self.closed = False
-        threading.Thread(target=self._accept_loop, daemon=True).start()
-
-    def _accept_loop(self) -> None:
-        while not self.closed:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-            threading.Thread(target=self.handler, args=(conn,), daemon=True).start()
-
-    def close(self) -> None:
-        self.closed = True
-        # shutdown wakes the thread blocked in accept(), which close alone
-        # does not; a blocked accept() also holds a descriptor number
-        # reserved, which makes dup2() onto it fail (EBUSY) in later tests.
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.listener.close()
-        for conn in self.connections:
-            conn.close()
+    return peers.tcp_server(handler, backlog=1024)  # many connections at once: no SYN dropped and retried a second later
 
 
 def echo(conn: socket.socket) -> None:
@@ -144,7 +113,7 @@ def reply_after_eof(conn: socket.socket) -> None:
 
 @pytest.fixture
 def echo_upstream():  # type: ignore[no-untyped-def]
-    server = Upstream(echo)
+    server = upstream_server(echo)
     yield server
     server.close()
 
@@ -337,7 +306,7 @@ def test_relay_round_trips_data_in_both_directions_at_once(launcher, relays, sha
 
 
 def test_relay_propagates_half_close_so_the_client_gets_the_full_reply(launcher, relays, shared_dir):
-    server = Upstream(reply_after_eof)
+    server = upstream_server(reply_after_eof)
     try:
         path = shared_dir / "proxy.sock"
         relays.start(path, server.address)
@@ -706,7 +675,7 @@ def test_relay_propagates_the_upstreams_half_close_while_the_client_still_sends(
             conn.shutdown(socket.SHUT_WR)
             received.append(relay_clients.recv_all(conn))
 
-    server = Upstream(speak_first)
+    server = upstream_server(speak_first)
     try:
         path = shared_dir / "proxy.sock"
         relays.start(path, server.address)
@@ -731,7 +700,7 @@ def test_an_upstream_vanishing_mid_transfer_closes_that_connection_only(launcher
         conn.sendall(first)
         echo(conn)
 
-    server = Upstream(echo_or_vanish)
+    server = upstream_server(echo_or_vanish)
     try:
         path = shared_dir / "proxy.sock"
         relay = relays.start(path, server.address)

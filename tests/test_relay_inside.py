@@ -14,66 +14,21 @@ import signal
 import socket
 import subprocess
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+import peers
 import relay_clients
 from conftest import SYSTEM, after_background_sleeper, holding_many_fds, lingering, processes_with
 
 PORT = "3128"
 GREETING = b"greeting from "
+BACKLOG = 16  # of the host servers: small on purpose (test_relay_echoes_200_concurrent_connections)
 
 
 # ---------------------------------------------------------------- host-side peers
-
-
-class UnixServer:
-    """A Unix stream server on the host: one thread per connection running ``handler``."""
-
-    def __init__(self, path: Path, handler, uid: int, listen: bool = True) -> None:  # type: ignore[no-untyped-def]
-        self.path = path
-        self.handler = handler
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        os.chown(path, uid, -1)  # the launcher's caller must be allowed to connect
-        self.connections: list[socket.socket] = []
-        self._thread: threading.Thread | None = None
-        if listen:
-            self.listen()
-
-    def listen(self) -> None:
-        self.sock.listen(16)
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
-
-    def _accept_loop(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            self.handler(conn)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        for conn in self.connections:
-            conn.close()
 
 
 def greeter(tag: str):  # type: ignore[no-untyped-def]
@@ -103,10 +58,10 @@ def holder(conn: socket.socket) -> None:
 
 @pytest.fixture
 def servers(launcher):  # type: ignore[no-untyped-def]
-    started: list[UnixServer] = []
+    started: list[peers.Server] = []
 
-    def start(path: Path, handler, listen: bool = True) -> UnixServer:  # type: ignore[no-untyped-def]
-        server = UnixServer(path, handler, launcher.uid, listen)
+    def start(path: Path, handler, listen: bool = True) -> peers.Server:  # type: ignore[no-untyped-def]
+        server = peers.unix_server(path, handler, launcher.uid, BACKLOG, listen)
         started.append(server)
         return server
 
@@ -691,7 +646,7 @@ def test_relay_echoes_2000_sequential_connections(launcher, shared_dir, servers)
 
 
 def test_relay_echoes_200_concurrent_connections(launcher, shared_dir, servers) -> None:
-    # The host server's backlog (16) is far below 200: the relay's Unix
+    # The host server's backlog (BACKLOG, 16) is far below 200: the relay's Unix
     # connects meet a full backlog (EAGAIN) and must retry, not fail.
     sock = shared_dir / "proxy.sock"
     servers(sock, echoer)

@@ -26,10 +26,12 @@ from pathlib import Path
 
 import pytest
 
+import peers
 from conftest import SYSTEM, Launcher
 
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
 TIMEOUT = 30
+BACKLOG = 64  # of the peers: enough for every test's connections at once
 
 
 @pytest.fixture
@@ -115,53 +117,6 @@ def real_socat(request, launcher, workdir):  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------- peers
 
 
-class Server:
-    """A TCP (127.0.0.1) or Unix server in this process; ``handler(conn)`` per connection."""
-
-    def __init__(self, handler, path: Path | None = None, uid: int = 0) -> None:  # type: ignore[no-untyped-def]
-        self.handler = handler
-        if path is None:
-            self.listener = socket.socket()
-            self.listener.bind(("127.0.0.1", 0))
-            self.port = self.listener.getsockname()[1]
-        else:
-            self.listener = socket.socket(socket.AF_UNIX)
-            self.listener.bind(str(path))
-            os.chown(path, uid, -1)
-            self.port = 0
-        self.listener.listen(64)
-        self.peers: list[tuple] = []
-        self.connections: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, peer = self.listener.accept()
-            except OSError:
-                return
-            self.connections.append(conn)
-            self.peers.append(peer)
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        try:
-            self.handler(conn)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        try:
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the thread in accept()
-        except OSError:
-            pass
-        self.listener.close()
-        for conn in self.connections:
-            conn.close()
-
-
 def echo(conn: socket.socket) -> None:
     while data := conn.recv(65536):
         conn.sendall(data)
@@ -172,24 +127,24 @@ def greet_then_echo(conn: socket.socket) -> None:
     echo(conn)
 
 
+def server(handler, path: Path | None = None, uid: int = 0) -> peers.Server:  # type: ignore[no-untyped-def]
+    """A TCP server on 127.0.0.1, or a Unix one at ``path`` owned by ``uid``."""
+    if path is None:
+        return peers.tcp_server(handler, BACKLOG)
+    return peers.unix_server(path, handler, uid, BACKLOG)
+
+
 @pytest.fixture
 def servers():  # type: ignore[no-untyped-def]
-    started: list[Server] = []
+    started: list[peers.Server] = []
 
-    def start(handler, path: Path | None = None, uid: int = 0) -> Server:  # type: ignore[no-untyped-def]
-        server = Server(handler, path, uid)
-        started.append(server)
-        return server
+    def start(handler, path: Path | None = None, uid: int = 0) -> peers.Server:  # type: ignore[no-untyped-def]
+        started.append(server(handler, path, uid))
+        return started[-1]
 
     yield start
-    for server in started:
-        server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    for each in started:
+        each.close()
 
 
 def wait_connectable(connect, process: subprocess.Popen, timeout: float = 20) -> socket.socket:  # type: ignore[no-untyped-def]
@@ -277,7 +232,7 @@ def test_relays_one_connection_by_either_name(socat, workdir, servers) -> None:
     ],
 )
 def test_anything_outside_the_subset_exits_1_before_any_socket_exists(srt_socat, workdir, argv, what) -> None:
-    path, port = workdir / "never.sock", free_port()
+    path, port = workdir / "never.sock", peers.free_port()
     result = srt_socat.run(*(arg.format(path=path, port=port) for arg in argv))
     assert result.returncode == 1, result.stderr
     stderr = result.stderr.decode()
@@ -362,7 +317,7 @@ def test_a_tcp6_listener_that_cannot_bind_falls_back_to_tcp4(socat, workdir, ser
     """sandbox-runtime's in-sandbox relay: ``TCP6-LISTEN:… || TCP4-LISTEN:…``.
     An IPv6-only listener on [::]:PORT makes the dual-stack TCP6 bind fail."""
     upstream = servers(greet_then_echo, workdir / "up.sock", socat.launcher.uid)
-    port = free_port()
+    port = peers.free_port()
     v6only = socket.socket(socket.AF_INET6)
     v6only.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     v6only.bind(("::", port))
@@ -416,7 +371,7 @@ def test_with_fork_every_connection_is_served_until_sigterm_removes_the_socket(s
 
 
 def test_a_refused_connect_exits_1(socat, workdir) -> None:
-    port = free_port()
+    port = peers.free_port()
     result = socat.run("STDIO", f"TCP:127.0.0.1:{port}")
     assert result.returncode == 1
     assert b"Connection refused" in result.stderr
@@ -484,7 +439,7 @@ def test_verbosity_flags_are_accepted(socat, servers) -> None:
 
 def test_listener_options_backlog_reuseaddr_and_bind(socat, workdir, servers) -> None:
     upstream = servers(echo)
-    port = free_port()
+    port = peers.free_port()
     process = socat.popen(f"TCP4-LISTEN:{port},fork,reuseaddr,backlog=77,bind=127.0.0.2", f"TCP:127.0.0.1:{upstream.port}")
     client = wait_connectable(lambda: tcp_client(port, "127.0.0.2"), process)
     assert exchange(client, b"bound") == b"bound"
@@ -503,7 +458,7 @@ def test_listener_options_backlog_reuseaddr_and_bind(socat, workdir, servers) ->
 def test_ipv6only_decides_whether_ipv4_clients_reach_a_tcp6_listener(socat, servers) -> None:
     upstream = servers(echo)
     for value, ipv4_reaches in (("0", True), ("1", False)):
-        port = free_port()
+        port = peers.free_port()
         process = socat.popen(f"TCP6-LISTEN:{port},fork,ipv6only={value}", f"TCP:127.0.0.1:{upstream.port}")
         client = wait_connectable(lambda: tcp_client(port, "::1"), process)
         assert exchange(client, b"v6") == b"v6"
@@ -630,7 +585,7 @@ class AuthProxy:
     def __init__(self, user: str, password: str) -> None:
         self.expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.requests: list[bytes] = []
-        self.server = Server(self._handle)
+        self.server = server(self._handle)
         self.port = self.server.port
 
     def _handle(self, conn: socket.socket) -> None:
@@ -714,32 +669,10 @@ def test_proxy_behind_a_forking_listener(srt_socat, workdir, auth_proxy, servers
 
 @pytest.fixture
 def tinyproxy_with_basic_auth(servers):  # type: ignore[no-untyped-def]
-    binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
-    if not os.path.exists(binary):
-        pytest.fail("tinyproxy is not installed (make test installs it)")
     upstream = servers(greet_then_echo)
-    workdir = Path(tempfile.mkdtemp(prefix="srt-socat-tinyproxy-", dir="/tmp"))
-    port = free_port()
-    (workdir / "tinyproxy.conf").write_text(
-        f"Port {port}\nListen 127.0.0.1\nTimeout 30\nAllow 127.0.0.1\nBasicAuth agent s3cret\n"
-        f"ConnectPort {upstream.port}\nMaxClients 20\nLogLevel Info\n"
-    )
-    process = subprocess.Popen([binary, "-d", "-c", str(workdir / "tinyproxy.conf")], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, cwd=workdir)  # fmt: skip
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"tinyproxy did not start on 127.0.0.1:{port}")
-            time.sleep(0.05)
-    yield port, upstream.port
-    process.kill()
-    process.wait()
-    shutil.rmtree(workdir, ignore_errors=True)
+    proxy = peers.Tinyproxy((upstream.port,), basic_auth="agent s3cret")
+    yield proxy.port, upstream.port
+    proxy.stop()
 
 
 def interactive(socat: Socat, *args: str) -> tuple[int, bytes, bytes]:
