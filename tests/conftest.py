@@ -7,6 +7,7 @@ unprivileged uid (the user-namespace path) and as root with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -207,6 +209,13 @@ def host_launcher(request: pytest.FixtureRequest, root_argv: list[str]) -> Launc
     return _launcher(request, request.param, root_argv)
 
 
+@pytest.fixture
+def caller(host_launcher: Launcher) -> Launcher:
+    """A program using the Python API (SPEC §9), run as root and as uid 65534:
+    the API's launcher process runs on the host, like relay and connect."""
+    return host_launcher
+
+
 def processes_with(marker: str) -> list[int]:
     """Host PIDs of live processes whose argv contains ``marker`` (zombies have an empty cmdline)."""
     found = []
@@ -289,14 +298,24 @@ def holding_many_fds(argv: list[str], highest: int = 1100) -> list[str]:
     return ["/bin/bash", "-c", script, "bash", *argv]
 
 
+@contextlib.contextmanager
+def scratch_dir(launcher: Launcher, prefix: str) -> Iterator[Path]:
+    """A directory under /tmp the launcher's caller owns, readable by everyone
+    (pytest's tmp_path is 0700 root), removed with all it holds at the end."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        path.chmod(0o755)
+        os.chown(path, launcher.uid, launcher.gid)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture
 def shared_dir(launcher: Launcher):  # type: ignore[no-untyped-def]
     """A scratch directory the launcher's caller owns (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="srt-launcher-test-", dir="/tmp"))
-    path.chmod(0o755)
-    os.chown(path, launcher.uid, launcher.gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(launcher, "srt-launcher-test-") as path:
+        yield path
 
 
 def _mount_table() -> list[str]:

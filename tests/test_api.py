@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import api_scenarios
-from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, lingering, processes_with
+from conftest import Launcher, lingering, processes_with, scratch_dir
 
 SCENARIO_SOURCE = Path(api_scenarios.__file__).read_text()
 SYSTEM: dict = {}  # default mounts "system": the host read-only, /proc, /dev, a private /tmp (api_scenarios.mounts_of)
@@ -30,10 +30,10 @@ SYSTEM: dict = {}  # default mounts "system": the host read-only, /proc, /dev, a
 class Api:
     """The API as one kind of caller uses it."""
 
-    def __init__(self, mode: str, launcher: Launcher) -> None:
-        self.mode = mode
+    def __init__(self, launcher: Launcher) -> None:
+        self.mode = launcher.mode
         self.launcher = launcher
-        self.unprivileged = mode == "unprivileged"
+        self.unprivileged = launcher.unprivileged
 
     def __repr__(self) -> str:
         return f"Api({self.mode})"
@@ -57,22 +57,16 @@ class Api:
         return self.call("run", spec=spec, argv=argv, **kwargs)
 
 
-@pytest.fixture(params=("root", "unprivileged"))
-def api(request: pytest.FixtureRequest, root_argv: list[str]) -> Api:
-    if request.param == "unprivileged":
-        return Api("unprivileged", Launcher("unprivileged", request.getfixturevalue("unprivileged_argv")))
-    return Api("root", Launcher("root", root_argv))
+@pytest.fixture
+def api(caller: Launcher) -> Api:
+    return Api(caller)
 
 
 @pytest.fixture
-def scratch(api: Api):  # type: ignore[no-untyped-def]
+def scratch(caller: Launcher):  # type: ignore[no-untyped-def]
     """A directory the caller owns, readable by everyone (pytest's tmp_path is 0700 root)."""
-    path = Path(tempfile.mkdtemp(prefix="srt-api-test-", dir="/tmp"))
-    path.chmod(0o755)
-    if api.unprivileged:
-        os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_GID)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(caller, "srt-api-test-") as path:
+        yield path
 
 
 def python(code: str) -> list[str]:

@@ -31,13 +31,6 @@ print(json.dumps({"stdout": result.stdout.decode(), "launcher": client.launcher_
 '''
 
 
-@pytest.fixture(params=("root", "unprivileged"))
-def caller(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher("root", root_argv)
-
-
 @pytest.fixture
 def planted(caller: Launcher):  # type: ignore[no-untyped-def]
     """A directory of code that records its name in ``ran`` if it ever runs."""

@@ -21,26 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, lingering, sleep_marker
+from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, lingering, scratch_dir, sleep_marker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-@pytest.fixture(params=("root", "unprivileged"))
-def caller(request: pytest.FixtureRequest, root_argv: list[str]) -> Launcher:
-    if request.param == "unprivileged":
-        return Launcher("unprivileged", request.getfixturevalue("unprivileged_argv"))
-    return Launcher("root", root_argv)
-
-
 @pytest.fixture
 def workdir(caller: Launcher):  # type: ignore[no-untyped-def]
-    path = Path(tempfile.mkdtemp(prefix="srt-example-", dir="/tmp"))
-    path.chmod(0o755)
-    if caller.unprivileged:
-        os.chown(path, UNPRIVILEGED_UID, UNPRIVILEGED_GID)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(caller, "srt-example-") as path:
+        yield path
 
 
 def run_example(caller: Launcher, name: str, *args: str) -> subprocess.CompletedProcess:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import textwrap
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from conftest import SYSTEM, Launcher
+from conftest import SYSTEM, Launcher, scratch_dir
 
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
 TIMEOUT = 30
@@ -85,11 +84,8 @@ class Socat:
 
 @pytest.fixture
 def workdir(launcher: Launcher):  # type: ignore[no-untyped-def]
-    path = Path(tempfile.mkdtemp(prefix="srt-socat-test-", dir="/tmp"))
-    path.chmod(0o755)
-    os.chown(path, launcher.uid, launcher.gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(launcher, "srt-socat-test-") as path:
+        yield path
 
 
 def _socat(request, launcher: Launcher, workdir: Path, name: str):  # type: ignore[no-untyped-def]
