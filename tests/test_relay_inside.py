@@ -134,6 +134,13 @@ def launcher_tree(stub: int, relay_count: int, timeout: float = 10.0) -> tuple[l
         time.sleep(0.02)
 
 
+def _python_inside(launcher, sock: Path, source: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    """``python3 -c SOURCE ARGS`` in a sandbox without a network, whose port PORT the relay serves from ``sock``."""
+    return launcher.run(
+        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", source, *args, timeout=timeout
+    )
+
+
 def _with_bind(directory: Path) -> tuple[str, ...]:
     return (*SYSTEM, "--bind", str(directory), str(directory))
 
@@ -193,10 +200,7 @@ def test_two_relays_reach_their_own_sockets(launcher, shared_dir, servers) -> No
 def test_half_close_still_delivers_the_whole_reply(launcher, shared_dir, servers) -> None:
     sock = shared_dir / "proxy.sock"
     servers(sock, digest_then_echo)
-    result = launcher.run(
-        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM,
-        "--", "/usr/bin/python3", "-c", HALF_CLOSE_CLIENT, PORT, str(3 << 20),
-    )
+    result = _python_inside(launcher, sock, HALF_CLOSE_CLIENT, PORT, str(3 << 20))
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ok\n"
 
@@ -630,27 +634,33 @@ def echoer(conn: socket.socket) -> None:
         pass
 
 
-def _clients_inside(launcher, sock: Path, *client_args: str, timeout: float = 120) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
-    return launcher.run(
-        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM,
-        "--", "/usr/bin/python3", "-c", CLIENTS, client_args[0], f"tcp:127.0.0.1:{PORT}", *client_args[1:],
-        timeout=timeout,
-    )
-
-
-def test_relay_echoes_2000_sequential_connections(launcher, shared_dir, servers) -> None:
+@pytest.fixture
+def echo_socket(shared_dir, servers) -> Path:  # type: ignore[no-untyped-def]
+    """``proxy.sock`` in the shared directory, served by an echoing host server."""
     sock = shared_dir / "proxy.sock"
     servers(sock, echoer)
-    result = _clients_inside(launcher, sock, "sequential", "2000")
+    return sock
+
+
+def with_client_library(script: str) -> str:
+    """A script of one test's own, after relay_clients' functions (sequential, concurrent...)."""
+    return CLIENT_LIBRARY + textwrap.dedent(script)
+
+
+def _clients_inside(launcher, sock: Path, *client_args: str, timeout: float = 120) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    address = f"tcp:127.0.0.1:{PORT}"
+    return _python_inside(launcher, sock, CLIENTS, client_args[0], address, *client_args[1:], timeout=timeout)
+
+
+def test_relay_echoes_2000_sequential_connections(launcher, echo_socket) -> None:
+    result = _clients_inside(launcher, echo_socket, "sequential", "2000")
     assert (result.returncode, result.stdout) == (0, "ok 2000\n"), result.stderr
 
 
-def test_relay_echoes_200_concurrent_connections(launcher, shared_dir, servers) -> None:
+def test_relay_echoes_200_concurrent_connections(launcher, echo_socket) -> None:
     # The host server's backlog (BACKLOG, 16) is far below 200: the relay's Unix
     # connects meet a full backlog (EAGAIN) and must retry, not fail.
-    sock = shared_dir / "proxy.sock"
-    servers(sock, echoer)
-    result = _clients_inside(launcher, sock, "concurrent", "200", "100000")
+    result = _clients_inside(launcher, echo_socket, "concurrent", "200", "100000")
     assert (result.returncode, result.stdout) == (0, "ok 200\n"), result.stderr
 
 
@@ -683,14 +693,12 @@ def test_an_upstream_vanishing_mid_transfer_closes_that_connection_only(launcher
         print("ended" if ended else "doomed connection still open")
         """
     )
-    result = launcher.run("--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client)
+    result = _python_inside(launcher, sock, client)
     assert (result.returncode, result.stdout) == (0, "ended\n"), result.stderr
 
 
-def test_a_client_that_stops_reading_does_not_stall_the_others(launcher, shared_dir, servers) -> None:
-    sock = shared_dir / "proxy.sock"
-    servers(sock, echoer)
-    client = CLIENT_LIBRARY + textwrap.dedent(
+def test_a_client_that_stops_reading_does_not_stall_the_others(launcher, echo_socket) -> None:
+    client = with_client_library(
         f"""
         stalled = socket.create_connection(("127.0.0.1", {PORT}))
         stalled.setblocking(False)
@@ -707,7 +715,7 @@ def test_a_client_that_stops_reading_does_not_stall_the_others(launcher, shared_
         print(sequential(address, 200), concurrent(address, 20, 100000), flush=True)
         """
     )
-    result = launcher.run("--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client, timeout=60)
+    result = _python_inside(launcher, echo_socket, client)
     assert (result.returncode, result.stdout) == (0, "stalled after over 4 MiB\nok 200 ok 20\n"), result.stderr
 
 
@@ -746,10 +754,8 @@ def test_with_few_descriptors_connections_wait_their_turn_and_every_port_serves(
     assert (result.returncode, result.stdout) == (0, "True True\nTrue\n"), result.stderr
 
 
-def test_relay_memory_does_not_grow_with_closed_connections(launcher, shared_dir, servers) -> None:
-    sock = shared_dir / "proxy.sock"
-    servers(sock, echoer)
-    client = CLIENT_LIBRARY + textwrap.dedent(
+def test_relay_memory_does_not_grow_with_closed_connections(launcher, echo_socket) -> None:
+    client = with_client_library(
         f"""
         address = "tcp:127.0.0.1:{PORT}"
         for count in (1000, 10000):
@@ -758,7 +764,7 @@ def test_relay_memory_does_not_grow_with_closed_connections(launcher, shared_dir
         """
     )
     proc = launcher.popen(
-        "--unshare-net", "--relay", PORT, str(sock), *SYSTEM, "--", "/usr/bin/python3", "-c", client,
+        "--unshare-net", "--relay", PORT, str(echo_socket), *SYSTEM, "--", "/usr/bin/python3", "-c", client,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
