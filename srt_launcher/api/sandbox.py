@@ -178,7 +178,7 @@ class Sandbox:
         args, data, cap, seconds = _run_arguments(argv, input, max_output, timeout, self.timeout)
         began = time.monotonic()
         try:
-            started = _launch(("launch", self._description, list(args), seconds, "pipes"), [], pipes=True)
+            started = _launch(self._request(args, seconds, "pipes"), [], pipes=True)
         except client.LaunchFailed as err:
             result = session.failed(args, err)
         else:
@@ -203,7 +203,7 @@ class Sandbox:
         args, data, cap, seconds = _run_arguments(argv, input, max_output, timeout, self.timeout)
         began = time.monotonic()
         try:
-            started = await _launch_async(("launch", self._description, list(args), seconds, "pipes"))
+            started = await _launch_async(self._request(args, seconds, "pipes"))
         except client.LaunchFailed as err:
             result = session.failed(args, err)
         else:
@@ -238,7 +238,7 @@ class Sandbox:
         streams = _Streams(stdin, stdout, stderr)
         began = time.monotonic()
         try:
-            request = ("launch", self._description, list(args), seconds, "pipes" if streams.all_pipes else "fds")
+            request = self._request(args, seconds, "pipes" if streams.all_pipes else "fds")
             started = _launch(request, streams.child_fds(), pipes=streams.all_pipes)
         except client.LaunchFailed as err:
             streams.close_ours()
@@ -246,6 +246,10 @@ class Sandbox:
         finally:
             streams.close_childs()
         return SandboxProcess(args, started, streams.files(started), began, _deadline(began, seconds))
+
+    def _request(self, args: Sequence[str], seconds: float | None, stdio: str) -> tuple:
+        """The launcher process's "launch" request (api/wire.py) for ``args`` in this sandbox."""
+        return ("launch", self._description, list(args), seconds, stdio)
 
 
 # ---------------------------------------------------------------- launching
