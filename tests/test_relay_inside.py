@@ -477,6 +477,21 @@ def _root_owned_dir(path: Path) -> Path:
     return path
 
 
+def _original_and_decoy(launcher, shared_dir: Path, servers) -> tuple[Path, Path, Path]:  # type: ignore[no-untyped-def]
+    """The caller's directory ``work`` with the relay's socket ``proxy.sock``
+    (greeting "original"), and a decoy socket (greeting "decoy") in a
+    root-owned directory beside it; the decoy is owned by the caller, so
+    protected_hardlinks lets a sandbox of the caller link it."""
+    work = shared_dir / "work"
+    work.mkdir()
+    os.chown(work, launcher.uid, launcher.gid)
+    sock = work / "proxy.sock"
+    servers(sock, greeter("original"))
+    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
+    servers(decoy, greeter("decoy"))
+    return work, sock, decoy
+
+
 def _plant_then_relaunch(launcher, relay_path: Path, bind: Path, plant: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
     """Launch 1 runs ``plant`` with BIND writable; launch 2, the same argv, only
     touches a marker and reads the relay: it must not run."""
@@ -491,13 +506,7 @@ def _plant_then_relaunch(launcher, relay_path: Path, bind: Path, plant: str) -> 
 
 
 def test_a_socket_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
-    work = shared_dir / "work"
-    work.mkdir()
-    os.chown(work, launcher.uid, launcher.gid)
-    sock = work / "proxy.sock"
-    servers(sock, greeter("original"))
-    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
-    servers(decoy, greeter("decoy"))
+    work, sock, decoy = _original_and_decoy(launcher, shared_dir, servers)
     second = _plant_then_relaunch(launcher, sock, work, f"mv {sock} {work}/moved.sock; ln -s {decoy} {sock}")
     assert second.returncode == 125, second.stdout + second.stderr
     assert second.stderr.startswith(f"srt-launcher: relay socket: {sock}: refusing the symlink {sock}:"), second.stderr
@@ -521,13 +530,7 @@ def test_a_directory_swapped_for_a_symlink_by_an_earlier_sandbox_is_refused(laun
 def test_a_socket_hard_linked_in_by_an_earlier_sandbox_is_refused(launcher, shared_dir, servers) -> None:
     # The other socket must sit on the same mount as the socket's directory
     # (link(2) does not cross mounts): the sandbox binds their common parent.
-    work = shared_dir / "work"
-    work.mkdir()
-    os.chown(work, launcher.uid, launcher.gid)
-    sock = work / "proxy.sock"
-    servers(sock, greeter("original"))
-    decoy = _root_owned_dir(shared_dir / "elsewhere") / "decoy.sock"
-    servers(decoy, greeter("decoy"))  # owned by the caller, so protected_hardlinks lets it link
+    work, sock, decoy = _original_and_decoy(launcher, shared_dir, servers)
     second = _plant_then_relaunch(launcher, sock, shared_dir, f"mv {sock} {work}/moved.sock; ln {decoy} {sock}")
     assert second.returncode == 125, second.stdout + second.stderr
     assert f"relay socket: {sock}: a socket with 2 names" in second.stderr, second.stderr
