@@ -91,6 +91,29 @@ def unix_server(path: Path, handler: Handler, uid: int, backlog: int, listen: bo
     return Server(listener, handler, backlog, listen)
 
 
+def read_head(conn: socket.socket) -> bytes:
+    """An HTTP request or response head, byte by byte up to and with its blank
+    line (nothing of what follows is consumed); shorter if the peer closed first."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def tcp_options(sock: socket.socket) -> dict[str, int | bool]:
+    """TCP_NODELAY, SO_KEEPALIVE and the keepalive timing of ``sock``, as the kernel reports them."""
+    return {
+        "nodelay": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+        "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+        "keepidle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        "keepintvl": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        "keepcnt": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+    }
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

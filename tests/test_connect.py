@@ -49,7 +49,7 @@ class FakeProxy:
             return
         with conn:
             conn.settimeout(20)
-            self.request = read_head(conn)
+            self.request = peers.read_head(conn)
             script(conn)
 
     def nobody_connected(self) -> bool:
@@ -70,16 +70,6 @@ class FakeProxy:
         self.listener.close()
         if self.thread:
             self.thread.join(timeout=10)
-
-
-def read_head(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def echo_rest(conn: socket.socket) -> None:
