@@ -269,6 +269,17 @@ def sleep_marker() -> str:
     return f"99999.{random.randrange(10**11, 10**12)}"
 
 
+def kill_and_reap(processes: list[subprocess.Popen]) -> None:
+    """SIGKILL whichever of ``processes`` still run, reap each, and close the pipes held to it."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+        for stream in (process.stdin, process.stdout, process.stderr):
+            if stream:
+                stream.close()
+
+
 def kill_leftovers(marker: str) -> None:
     for pid in processes_with(marker):
         try:

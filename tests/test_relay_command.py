@@ -23,7 +23,7 @@ import pytest
 
 import peers
 import relay_clients
-from conftest import Launcher, after_background_sleeper, holding_many_fds, processes_with, wait_for_sleeper
+from conftest import Launcher, after_background_sleeper, holding_many_fds, kill_and_reap, processes_with, wait_for_sleeper
 
 READY_TIMEOUT = 20.0
 
@@ -59,13 +59,7 @@ class Relays:
         return process
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
-            for stream in (process.stdout, process.stderr):
-                if stream:
-                    stream.close()
+        kill_and_reap(self.processes)
 
 
 @pytest.fixture

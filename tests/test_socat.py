@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import peers
-from conftest import SYSTEM, Launcher, scratch_dir
+from conftest import SYSTEM, Launcher, kill_and_reap, scratch_dir
 
 SOCAT = shutil.which("socat") or "/usr/bin/socat"
 TIMEOUT = 30
@@ -73,13 +73,7 @@ class Socat:
         return process
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=10)
-            for stream in (process.stdin, process.stdout, process.stderr):
-                if stream:
-                    stream.close()
+        kill_and_reap(self.processes)
 
 
 @pytest.fixture
