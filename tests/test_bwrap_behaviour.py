@@ -275,6 +275,61 @@ def test_a_symlink_over_something_else_is_refused(bw, argv, message):
     assert (result.returncode, result.stderr) == (1, f"bwrap: {message}\n")
 
 
+# ---------------------------------------------------------------- links planted in a sticky directory
+
+ANOTHER_USER = 65533  # neither caller: a local user who can write /tmp, as anyone can
+
+
+@pytest.fixture
+def planted(scratch: Path, host_launcher: Launcher):  # type: ignore[no-untyped-def]
+    """A file only the caller may change (``victim``, 0600), and a sticky,
+    world-writable directory (a /tmp) where another user has planted a
+    symlink to it, absolute (``absolute``) and relative (``relative``)."""
+    victim = scratch / "victim"
+    victim.write_text("SECRET\n")
+    victim.chmod(0o600)
+    os.chown(victim, host_launcher.uid, host_launcher.gid)
+    sticky = scratch / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    for name, target in (("absolute", str(victim)), ("relative", "../victim")):
+        (sticky / name).symlink_to(target)
+        os.lchown(sticky / name, ANOTHER_USER, ANOTHER_USER)
+    return scratch
+
+
+@pytest.mark.parametrize("link", ["absolute", "relative"])
+@pytest.mark.parametrize("operation", ["--file", "--chmod"])
+def test_a_link_another_user_planted_in_a_sticky_directory_is_not_followed(bw, planted, operation, link):
+    """fs.protected_symlinks, whatever the host's sysctl says (the kernel's
+    default on most distributions): PID 1 (with every capability for a root
+    caller) must not write or chmod, through another user's symlink in a
+    /tmp, a file the caller never named. bubblewrap 0.11.1 refuses both
+    (an absolute link resolves in its staging root; a relative one meets the
+    sysctl), so a caller loses nothing it had."""
+    path = planted / "sticky" / link
+    data = os.open(planted / "data", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(data, b"pwned\n")
+        os.lseek(data, 0, os.SEEK_SET)
+        argv = ("--file", str(data), str(path)) if operation == "--file" else ("--chmod", "0666", str(path))
+        result = bw.run("--bind", "/", "/", *argv, "true", pass_fds=(data,))
+    finally:
+        os.close(data)
+    victim = planted / "victim"
+    assert (victim.read_text(), victim.stat().st_mode & 0o7777) == ("SECRET\n", 0o600)
+    what = f"Can't create file {path}" if operation == "--file" else f"Can't chmod 0666 {path}"
+    assert (result.returncode, result.stderr) == (1, f"bwrap: {what}: Permission denied\n")
+
+
+def test_a_link_in_a_directory_only_the_caller_writes_is_followed(bw, planted):
+    (planted / "mine").symlink_to("victim")
+    os.lchown(planted / "mine", bw.launcher.uid, bw.launcher.gid)
+    result = bw.run("--bind", "/", "/", "--chmod", "0640", str(planted / "mine"), "true")
+    assert result.returncode == 0, result.stderr
+    assert (planted / "victim").stat().st_mode & 0o7777 == 0o640
+
+
 # A classic-BPF program refusing uname(2) with EPERM on the native ABI, allowing the rest.
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _UNAME = {"x86_64": 63, "aarch64": 160}

@@ -24,6 +24,7 @@ import os
 from srt_launcher import kernel
 from srt_launcher.errors import LauncherError
 from srt_launcher.mount import ops
+from srt_launcher.mount.target import Follower
 
 STAGING = "/tmp"
 
@@ -34,8 +35,9 @@ def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host
     # and the sandbox may have no /proc of its own yet (or ever).
     proc_fd = _step("open /proc", "/proc", os.open, "/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
+        follower = _step("user namespace", "/proc/self/uid_map", Follower.of_this_process, proc_fd)
         _enter_staging()
-        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root)
+        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root, follower)
         for step in steps:
             ops.apply(step, ctx)
         _detach_old_root()
