@@ -616,6 +616,45 @@ def test_bad_input_fails_with_bubblewraps_message_and_leaves_nothing(bw, scratch
     assert not processes_with(marker)
 
 
+# The numbers the launcher's own descriptors get in a caller with only 0, 1 and 2 open, and a few more.
+UNOPENED = range(3, 9)
+
+
+@pytest.mark.parametrize(
+    "option, status, message",
+    [
+        ("--block-fd", 0, None),  # bubblewrap: the read fails, the launch goes on
+        ("--file", 1, "Can't write data to file /tmp/x: Bad file descriptor"),
+        ("--bind-data", 1, "Can't write data to file /tmp/x: Bad file descriptor"),
+        ("--info-fd", 1, "Write to info_fd: Bad file descriptor"),
+        ("--json-status-fd", 1, "Write to info_fd: Bad file descriptor"),
+    ],
+)
+def test_a_descriptor_the_caller_never_opened_is_not_one_of_the_launchers(bw, option, status, message):
+    """A number the caller names but has not open may be the one the
+    launcher gives its own descriptors (PID 1's end of the record channel,
+    the pipe that tells PID 1 the stub died): PID 1 then read its own
+    channel for --block-fd or --file (a launch that hangs for ever), or the
+    stub wrote the status records into it. The caller's number must stay
+    closed: bad input, one line, or bubblewrap's carrying on."""
+    for fd in UNOPENED:
+        argv = [option, str(fd), "/tmp/x"] if option in ("--file", "--bind-data") else [option, str(fd)]
+        proc = bw.popen(
+            "--die-with-parent", "--unshare-pid", *SANDBOX, "--tmpfs", "/tmp", *argv, "echo", "ran",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{option} {fd}: the launch hangs") from None
+        if message is None:
+            assert (proc.returncode, out, err) == (status, "ran\n", ""), (fd, err)
+        else:
+            assert (proc.returncode, err) == (status, f"bwrap: {message}\n"), (fd, out)
+
+
 def test_a_reaper_outside_any_pid_namespace_kills_nothing_it_did_not_make(bw, debian_bwrap):
     """--sync-fd/--lock-file without --unshare-pid: a reaper that is not PID 1.
 

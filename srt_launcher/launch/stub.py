@@ -73,7 +73,7 @@ class _Stub:
         plan.steps = plan_mounts(box.mounts)
         plan.programs = _seccomp_programs(box.seccomp)
         plan.env = environment(box.env)
-        self.channel, plan.channel = report.channel()
+        self.channel, plan.channel = report.channel(plan.fd_floor)
         try:
             pid = self._enter_namespaces_and_fork(plan)
         except BaseException:
@@ -104,7 +104,7 @@ class _Stub:
         # Non-dumpable: /proc/PID of PID 1 (and the relays) belongs to root and
         # cannot be ptraced by a workload of the same uid (SPEC §2.2).
         privileges.set_undumpable()
-        alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
+        alive_read, alive_write = (kernel.keep_above(fd, plan.fd_floor) for fd in os.pipe2(os.O_CLOEXEC))
         pid = os.fork()
         if pid == 0:
             os.close(alive_write)
@@ -421,9 +421,9 @@ def _optional(fd: int | None) -> list[int]:
 def _read_one_byte(fd: int) -> None:
     try:
         os.read(fd, 1)
+        os.close(fd)
     except OSError:
         pass
-    os.close(fd)
 
 
 def _write_status(fd: int, data: bytes, close: bool) -> None:
