@@ -65,9 +65,7 @@ def above_caller_fds(box: sandbox.Sandbox) -> int:
     while the caller's are used are renumbered from here (kernel.keep_above), so a
     number the caller named stays what the caller made it, open or not.
     """
-    named = [box.info_fd, box.json_status_fd, box.sync_fd, box.block_fd, box.userns_block_fd,
-             box.userns_fd, box.userns2_fd, box.pidns_fd, box.command_fd, *(mount.fd for mount in box.mounts)]  # fmt: skip
-    return max((fd for fd in named if fd is not None), default=2) + 1
+    return max(box.fds(), default=2) + 1
 
 
 def main(plan: Plan) -> None:

@@ -75,7 +75,7 @@ class Step:
     """One operation as PID 1 applies it: the description's Mount, with its
     host sources resolved by the stub before any namespace existed."""
 
-    __slots__ = ("mount", "source", "is_dir", "lower", "work")
+    __slots__ = ("mount", "source", "is_dir", "lower", "work", "identity")
 
     def __init__(self, mount: sandbox.Mount, source: str | None = None, is_dir: bool = True, lower: tuple = ()) -> None:
         self.mount = mount
@@ -83,6 +83,7 @@ class Step:
         self.is_dir = is_dir
         self.lower = lower  # resolved host paths of an overlay's lower dirs
         self.work: str | None = None  # resolved host path of an overlay's work dir
+        self.identity: tuple[int, int] | None = None  # a bind source's (device, inode) as resolved
 
     def __repr__(self) -> str:
         return f"Step({self.mount!r}, {self.source!r})"
@@ -191,22 +192,32 @@ def _bind(step: Step, ctx: MountContext) -> None:
     except BaseException:
         os.close(target)
         raise
-    if mount.fd is not None:
-        _check_same_inode(scratch, mount.fd, mount.dest)
+    if step.identity is not None:
+        try:
+            _check_same_inode(scratch, step)
+        except BaseException:
+            os.close(target)
+            raise
     attach(scratch, target, ctx, mount.kind, mount.dest)
 
 
-def _check_same_inode(scratch: str, fd: int, shown: str) -> None:
-    # --bind-fd: the fd was resolved to a path by the stub; whatever was at
-    # that path since is not what the caller gave us.
+def _check_same_inode(scratch: str, step: Step) -> None:
+    """What was mounted is the source the stub resolved (and, --bind-fd,
+    the caller's descriptor): the source is mounted by its path, and
+    whatever that path led to since (a component swapped for a symlink by
+    a process that can write a directory on it) is not what the launch
+    was asked for, nor what a sandbox prepared ahead was checked against."""
+    mount = step.mount
     try:
-        wanted, mounted = os.fstat(fd), os.lstat(scratch)
+        mounted = os.lstat(scratch)
     except OSError as err:
         _detach_quietly(scratch)
-        raise _fail("bind-fd", shown, err) from None
-    if (wanted.st_dev, wanted.st_ino) != (mounted.st_dev, mounted.st_ino):
+        raise _fail(mount.kind, mount.dest, err) from None
+    if (mounted.st_dev, mounted.st_ino) != step.identity:
         _detach_quietly(scratch)
-        raise LauncherError("bind-fd", shown, "Race condition binding dirfd")
+        if mount.fd is not None:
+            raise LauncherError("bind-fd", mount.dest, "Race condition binding dirfd")
+        raise LauncherError(f"{mount.kind} source", mount.source, "changed while the sandbox was being made")
 
 
 def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step: str, shown: str, recursive: bool = True) -> None:
