@@ -125,17 +125,11 @@ def open_in_root(
             found = os.fstat(fd)
             kind = stat.S_IFMT(found.st_mode)
             if kind == stat.S_IFLNK and (follow or not last):
-                try:
-                    budget = _spend(budget)
-                    if not _still_there(stack[-1], name, found):
-                        pending.append(name)  # replaced since it was opened: look again
-                        continue
-                    if not follower.may_follow(stack[-1], found):
-                        raise OSError(errno.EACCES, os.strerror(errno.EACCES), dest)
-                    # The link whose owner was checked, not what the name holds now.
-                    target = os.readlink("", dir_fd=fd)
-                finally:
-                    os.close(fd)
+                budget = _spend(budget)
+                target = _read_link(stack[-1], name, fd, found, follower, dest)
+                if target is None:
+                    pending.append(name)  # replaced since it was opened: look again
+                    continue
                 if target.startswith("/"):
                     del stack[1:]  # an absolute link restarts at the new root, not the host's
                 pending.extend(reversed(_parts(target)))
@@ -163,6 +157,20 @@ def open_parent_in_root(root: str, dest: str, parent_mode: int = 0o755, follower
         os.close(parent)
         raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
     return parent, parts[-1]
+
+
+def _read_link(directory: int, name: str, fd: int, found: os.stat_result, follower: Follower, dest: str) -> str | None:
+    """The target of the symlink ``fd`` (closed here), None if ``name`` no
+    longer holds it; EACCES if ``follower`` may not follow it."""
+    try:
+        if not _still_there(directory, name, found):
+            return None
+        if not follower.may_follow(directory, found):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), dest)
+        # The link whose owner was checked, not what the name holds now.
+        return os.readlink("", dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _still_there(directory: int, name: str, found: os.stat_result) -> bool:
