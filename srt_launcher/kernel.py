@@ -344,6 +344,18 @@ def close_fds_except(keep: list[int]) -> None:
     close_fds_from(start)
 
 
+def keep_above(fd: int, floor: int) -> int:
+    """``fd``, renumbered at or above ``floor`` if below it (close-on-exec)."""
+    if fd >= floor:
+        return fd
+    import fcntl  # only when the caller named descriptors: not on run's usual path
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
+    finally:
+        os.close(fd)
+
+
 def close_fds_from(first: int) -> None:
     """close_range(first, ~0U, 0); os.closerange is the fallback for kernels before 5.9."""
     try:

@@ -169,7 +169,10 @@ class Sandbox:
     Deferred command: with ``command_fd``, ``command`` and ``timeout`` are
     read from that descriptor by PID 1 once the root is built, just before
     the worker is forked (:func:`encode_command`). The Python API's launcher
-    process prepares sandboxes ahead this way (srt_launcher/api/launcher.py).
+    process prepares sandboxes ahead this way (srt_launcher/api/launcher.py),
+    giving ``source_ids``: what each bind source (as given) was, (device,
+    inode), when it decided to prepare; a source that resolves to anything
+    else fails the launch.
     """
 
     __slots__ = (
@@ -211,6 +214,7 @@ class Sandbox:
         "inherit_fds",
         "command_fd",
         "linger",
+        "source_ids",
     )
 
     def __init__(self) -> None:
@@ -252,6 +256,7 @@ class Sandbox:
         self.inherit_fds = False
         self.command_fd: int | None = None
         self.linger = False
+        self.source_ids: dict[str, tuple[int, int]] | None = None
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sandbox) and all(

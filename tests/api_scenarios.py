@@ -407,6 +407,37 @@ def prepared_sees_host_changes(directory: str) -> dict:
     return {"seen": seen, "listing": listing, "missing": as_dict(missing)}
 
 
+@scenario
+def prepared_source_swapped_while_prepared(directory: str, secret: str) -> dict:
+    """A bind source swapped for a symlink while a sandbox is being prepared, then back.
+
+    Run under strace delaying every mount (tests/test_api.py): PID 1 mounts
+    the source long after the launcher checked what it is. A prepared
+    sandbox holding the file the symlink led to must never be handed out
+    once the path names the right file again.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    tool, link = os.path.join(directory, "tool"), os.path.join(directory, "link")
+    with open(tool, "w") as handle:
+        handle.write("benign\n")
+    os.symlink(os.path.relpath(secret, directory), link)
+
+    def exchange() -> None:
+        assert libc.renameat2(-100, tool.encode(), -100, link.encode(), 2) == 0, ctypes.get_errno()
+
+    box = Sandbox(mounts=[RoBind("/usr"), Symlink("usr/bin", "/bin"), Symlink("usr/lib", "/lib"), Symlink("usr/lib64", "/lib64"),
+                          RoBind(tool, "/tool")])  # fmt: skip
+    seen = [box.run(["/bin/cat", "/tool"]).stdout.decode() for _ in range(2)]  # the second makes the launcher prepare
+    time.sleep(0.3)  # the prepared sandboxes are forked, checked, and their PID 1 is in its first delayed mounts
+    exchange()
+    time.sleep(3.0)  # every mount is done, the source's with the symlink in place
+    exchange()
+    seen += [box.run(["/bin/cat", "/tool"]).stdout.decode() for _ in range(3)]
+    return {"seen": seen}
+
+
 def children_of(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as handle:
         return [int(item) for item in handle.read().split()]

@@ -291,6 +291,29 @@ def test_a_prepared_sandbox_still_sees_the_host_as_it_is_now(api, scratch):
     assert got["missing"]["cause"] == "setup-failed" and got["missing"]["error"]["step"] == "ro-bind source"
 
 
+def test_a_prepared_sandbox_never_holds_what_a_swapped_source_led_to(api, scratch):
+    """The launcher checks a prepared sandbox's sources (device, inode) by
+    path before handing it out; PID 1 mounted them by path too, later. A
+    workload that can write a directory on a source's path swaps in a
+    symlink between the two, and back: the sandbox would hold the file the
+    symlink led to while the path names the right one again (found by
+    review). strace delays the mounts to hold the window open."""
+    secret = scratch / "secret"
+    secret.write_text("SECRET\n")
+    secret.chmod(0o644)
+    argv = [*_strace_delaying_mounts(), *api.argv("prepared_source_swapped_while_prepared")]
+    result = subprocess.run(argv, input=json.dumps({"directory": str(scratch), "secret": str(secret)}),
+                            capture_output=True, text=True, timeout=300, **api.launcher.process_kwargs())  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["seen"] == ["benign\n"] * 5
+
+
+def _strace_delaying_mounts() -> list[str]:
+    strace = shutil.which("strace")
+    assert strace, "strace is missing: make test installs it"
+    return [strace, "-f", "-qq", "-o", "/dev/null", "-e", "trace=mount", "-e", "inject=mount:delay_enter=100000"]
+
+
 def test_only_a_description_launched_again_is_prepared_ahead(api):
     got = api.call("prepared_only_when_repeated", spec=SYSTEM)
     assert got == {"after_one": 0, "after_two": 2}

@@ -275,6 +275,61 @@ def test_a_symlink_over_something_else_is_refused(bw, argv, message):
     assert (result.returncode, result.stderr) == (1, f"bwrap: {message}\n")
 
 
+# ---------------------------------------------------------------- links planted in a sticky directory
+
+ANOTHER_USER = 65533  # neither caller: a local user who can write /tmp, as anyone can
+
+
+@pytest.fixture
+def planted(scratch: Path, host_launcher: Launcher):  # type: ignore[no-untyped-def]
+    """A file only the caller may change (``victim``, 0600), and a sticky,
+    world-writable directory (a /tmp) where another user has planted a
+    symlink to it, absolute (``absolute``) and relative (``relative``)."""
+    victim = scratch / "victim"
+    victim.write_text("SECRET\n")
+    victim.chmod(0o600)
+    os.chown(victim, host_launcher.uid, host_launcher.gid)
+    sticky = scratch / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    for name, target in (("absolute", str(victim)), ("relative", "../victim")):
+        (sticky / name).symlink_to(target)
+        os.lchown(sticky / name, ANOTHER_USER, ANOTHER_USER)
+    return scratch
+
+
+@pytest.mark.parametrize("link", ["absolute", "relative"])
+@pytest.mark.parametrize("operation", ["--file", "--chmod"])
+def test_a_link_another_user_planted_in_a_sticky_directory_is_not_followed(bw, planted, operation, link):
+    """fs.protected_symlinks, whatever the host's sysctl says (the kernel's
+    default on most distributions): PID 1 (with every capability for a root
+    caller) must not write or chmod, through another user's symlink in a
+    /tmp, a file the caller never named. bubblewrap 0.11.1 refuses both
+    (an absolute link resolves in its staging root; a relative one meets the
+    sysctl), so a caller loses nothing it had."""
+    path = planted / "sticky" / link
+    data = os.open(planted / "data", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.write(data, b"pwned\n")
+        os.lseek(data, 0, os.SEEK_SET)
+        argv = ("--file", str(data), str(path)) if operation == "--file" else ("--chmod", "0666", str(path))
+        result = bw.run("--bind", "/", "/", *argv, "true", pass_fds=(data,))
+    finally:
+        os.close(data)
+    victim = planted / "victim"
+    assert (victim.read_text(), victim.stat().st_mode & 0o7777) == ("SECRET\n", 0o600)
+    what = f"Can't create file {path}" if operation == "--file" else f"Can't chmod 0666 {path}"
+    assert (result.returncode, result.stderr) == (1, f"bwrap: {what}: Permission denied\n")
+
+
+def test_a_link_in_a_directory_only_the_caller_writes_is_followed(bw, planted):
+    (planted / "mine").symlink_to("victim")
+    os.lchown(planted / "mine", bw.launcher.uid, bw.launcher.gid)
+    result = bw.run("--bind", "/", "/", "--chmod", "0640", str(planted / "mine"), "true")
+    assert result.returncode == 0, result.stderr
+    assert (planted / "victim").stat().st_mode & 0o7777 == 0o640
+
+
 # A classic-BPF program refusing uname(2) with EPERM on the native ABI, allowing the rest.
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _UNAME = {"x86_64": 63, "aarch64": 160}
@@ -559,6 +614,45 @@ def test_bad_input_fails_with_bubblewraps_message_and_leaves_nothing(bw, scratch
     assert (result.returncode, result.stdout, result.stderr) == (1, "", f"bwrap: {message}\n")
     assert not flag.exists()
     assert not processes_with(marker)
+
+
+# The numbers the launcher's own descriptors get in a caller with only 0, 1 and 2 open, and a few more.
+UNOPENED = range(3, 9)
+
+
+@pytest.mark.parametrize(
+    "option, status, message",
+    [
+        ("--block-fd", 0, None),  # bubblewrap: the read fails, the launch goes on
+        ("--file", 1, "Can't write data to file /tmp/x: Bad file descriptor"),
+        ("--bind-data", 1, "Can't write data to file /tmp/x: Bad file descriptor"),
+        ("--info-fd", 1, "Write to info_fd: Bad file descriptor"),
+        ("--json-status-fd", 1, "Write to info_fd: Bad file descriptor"),
+    ],
+)
+def test_a_descriptor_the_caller_never_opened_is_not_one_of_the_launchers(bw, option, status, message):
+    """A number the caller names but has not open may be the one the
+    launcher gives its own descriptors (PID 1's end of the record channel,
+    the pipe that tells PID 1 the stub died): PID 1 then read its own
+    channel for --block-fd or --file (a launch that hangs for ever), or the
+    stub wrote the status records into it. The caller's number must stay
+    closed: bad input, one line, or bubblewrap's carrying on."""
+    for fd in UNOPENED:
+        argv = [option, str(fd), "/tmp/x"] if option in ("--file", "--bind-data") else [option, str(fd)]
+        proc = bw.popen(
+            "--die-with-parent", "--unshare-pid", *SANDBOX, "--tmpfs", "/tmp", *argv, "echo", "ran",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{option} {fd}: the launch hangs") from None
+        if message is None:
+            assert (proc.returncode, out, err) == (status, "ran\n", ""), (fd, err)
+        else:
+            assert (proc.returncode, err) == (status, f"bwrap: {message}\n"), (fd, out)
 
 
 def test_a_reaper_outside_any_pid_namespace_kills_nothing_it_did_not_make(bw, debian_bwrap):

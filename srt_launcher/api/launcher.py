@@ -287,7 +287,7 @@ class Launcher:
                 os.close(fd)
             raise
         if pid == 0:
-            _stub_main(box, stdio, status_w, command_r, self.pid)
+            _stub_main(box, stdio, status_w, command_r, self.pid, sources)
         for fd in theirs:
             os.close(fd)
         os.set_blocking(command_w, False)
@@ -555,8 +555,15 @@ def _leave_the_launcher() -> None:
     _signal.signal(_signal.SIGCHLD, _signal.SIG_DFL)
 
 
-def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int, launcher: int) -> None:
-    """In the forked child: become the sandbox's stub; never returns."""
+def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int, launcher: int, sources: list) -> None:
+    """In the forked child: become the sandbox's stub; never returns.
+
+    ``sources`` are what _take will compare with before handing this
+    sandbox out: the sandbox must hold those very files, not whatever the
+    paths named a moment later (a workload flipping a bind source between
+    a symlink and a file while sandboxes are prepared), so the engine fails
+    a bind whose source is anything else.
+    """
     code = SETUP_FAILED
     try:
         _leave_the_launcher()
@@ -566,6 +573,7 @@ def _stub_main(box: sandbox.Sandbox, stdio: list[int], status: int, command: int
         # may stay open here: PID 1 would hold it for the sandbox's life.
         kernel.close_fds_except([status, command])
         box.json_status_fd, box.command_fd = status, command
+        box.source_ids = {path: found for path, found in sources if isinstance(found, tuple)}
         code = stub.launch(box, signals.block_launch_signals(), launcher)
     except LauncherError as err:
         code = err.exit_code  # the stub wrote the error record

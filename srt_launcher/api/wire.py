@@ -56,6 +56,7 @@ _PER_LAUNCH = frozenset(
         "command_fd",
         "lock_files",
         "inherit_fds",
+        "source_ids",
     )
 )
 FIELDS = tuple(name for name in sandbox.Sandbox.__slots__ if name not in _PER_LAUNCH)

@@ -35,7 +35,7 @@ class Plan:
     """What the stub prepared for PID 1: everything read or resolved before
     any namespace existed, so PID 1 and the worker only apply it."""
 
-    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "host_root", "command_pipe")
+    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "host_root", "command_pipe", "fd_floor")
 
     def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[kernel.SeccompProgram], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
         self.box = box
@@ -52,6 +52,20 @@ class Plan:
         # uid is mapped onto itself), or a user namespace of the caller's.
         self.host_root = os.getuid() == 0 or box.userns_fd is not None
         self.command_pipe: int | None = None  # a prepared worker reads its command here (from PID 1)
+        self.fd_floor = above_caller_fds(box)  # where the launcher's own lasting descriptors go
+
+
+def above_caller_fds(box: sandbox.Sandbox) -> int:
+    """The lowest number above every descriptor the caller named.
+
+    A number the caller names need not be open: then the launcher's own
+    descriptors could be given that number, and PID 1 would read its own
+    record channel for --file or --block-fd (a launch hanging for ever),
+    or the stub write the status records into it. Descriptors that last
+    while the caller's are used are renumbered from here (kernel.keep_above), so a
+    number the caller named stays what the caller made it, open or not.
+    """
+    return max(box.fds(), default=2) + 1
 
 
 def main(plan: Plan) -> None:
@@ -99,7 +113,7 @@ def _pid1(plan: Plan) -> int:
     finally:
         os.close(proc_fd)
     _close_operation_fds(box)
-    locks = _take_locks(box.lock_files)
+    locks = _take_locks(box.lock_files, plan.fd_floor)
     _set_capabilities_for_the_worker(box)
     if box.block_fd is not None:
         _wait_on(box.block_fd)
@@ -253,8 +267,10 @@ def _close_operation_fds(box: sandbox.Sandbox) -> None:
                 pass
 
 
-def _take_locks(paths: list[str]) -> list[int]:
-    """bubblewrap's --lock-file: a read lock on each, held by PID 1 for the sandbox's life."""
+def _take_locks(paths: list[str], floor: int) -> list[int]:
+    """bubblewrap's --lock-file: a read lock on each, held by PID 1 for the
+    sandbox's life (numbered from ``floor``: a --block-fd the caller never
+    opened must not read, then close, one of them)."""
     if not paths:
         return []
     import fcntl  # imported before the pivot (_import_what_the_sandbox_needs)
@@ -262,7 +278,7 @@ def _take_locks(paths: list[str]) -> list[int]:
     held = []
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = kernel.keep_above(os.open(path, os.O_RDONLY | os.O_CLOEXEC), floor)
         except OSError as err:
             raise LauncherError.from_os("lock-file", path, err) from None
         try:
@@ -284,11 +300,12 @@ def _set_capabilities_for_the_worker(box: sandbox.Sandbox) -> None:
 
 
 def _wait_on(fd: int) -> None:
+    # As bubblewrap: a descriptor that cannot be read (not open) holds nothing up.
     try:
         os.read(fd, 1)
+        os.close(fd)
     except OSError:
         pass
-    os.close(fd)
 
 
 def _fork_worker(plan: Plan, caller_umask: int) -> int:

@@ -35,9 +35,14 @@ _UCRED_SIZE = 12
 _MAX_RECORD = 65536
 
 
-def channel() -> tuple[_socket.socket, _socket.socket]:
-    """(stub end, children's end); the stub's end accepts credentials."""
+def channel(floor: int = 3) -> tuple[_socket.socket, _socket.socket]:
+    """(stub end, children's end), numbered from ``floor`` (launch/pid1.py,
+    above_caller_fds); the stub's end accepts credentials."""
     ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+    if min(ours.fileno(), theirs.fileno()) < floor:
+        from srt_launcher import kernel
+
+        ours, theirs = (_socket.socket(fileno=kernel.keep_above(end.detach(), floor)) for end in (ours, theirs))
     ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
     ours.setblocking(False)
     return ours, theirs

@@ -66,10 +66,10 @@ class _Stub:
                 # The caller died before PDEATHSIG was armed, so it will never fire:
                 # end as if it had.
                 return 128 + _signal.SIGKILL
-        plan.steps = plan_mounts(box.mounts)
+        plan.steps = plan_mounts(box.mounts, box.source_ids)
         plan.programs = _seccomp_programs(box.seccomp)
         plan.env = environment(box.env)
-        self.channel, plan.channel = report.channel()
+        self.channel, plan.channel = report.channel(plan.fd_floor)
         try:
             pid = self._enter_namespaces_and_fork(plan)
         except BaseException:
@@ -100,7 +100,7 @@ class _Stub:
         # Non-dumpable: /proc/PID of PID 1 (and the relays) belongs to root and
         # cannot be ptraced by a workload of the same uid (SPEC §2.2).
         privileges.set_undumpable()
-        alive_read, alive_write = os.pipe2(os.O_CLOEXEC)
+        alive_read, alive_write = (kernel.keep_above(fd, plan.fd_floor) for fd in os.pipe2(os.O_CLOEXEC))
         pid = os.fork()
         if pid == 0:
             os.close(alive_write)
@@ -306,11 +306,14 @@ def _current_dir() -> str | None:
         return None  # deleted or unreachable: PID 1 falls back to $HOME, then /
 
 
-def plan_mounts(mounts: list[sandbox.Mount]) -> list[ops.Step]:
+def plan_mounts(mounts: list[sandbox.Mount], expected: dict | None = None) -> list[ops.Step]:
     """Resolve every host source on the host root, before any namespace exists.
 
     A missing source fails the launch here (an optional one is skipped),
-    before any process is forked.
+    before any process is forked. Each bind's step keeps what its source
+    is, (device, inode): PID 1 mounts by path, and fails the launch if what
+    it mounted is anything else (ops._bind) — so is a source that is not
+    what ``expected`` (Sandbox.source_ids) says.
     """
     steps = []
     for mount in mounts:
@@ -319,7 +322,11 @@ def plan_mounts(mounts: list[sandbox.Mount]) -> list[ops.Step]:
             resolved = _resolve(mount, source)
             if resolved is None:
                 continue
-            steps.append(ops.Step(mount, resolved[0], resolved[1]))
+            step = ops.Step(mount, resolved[0], resolved[1])
+            step.identity = _identity(mount, resolved[0])
+            if expected is not None and step.identity is not None and expected.get(mount.source, step.identity) != step.identity:
+                raise LauncherError(f"{mount.kind} source", mount.source, "changed while the sandbox was being prepared")
+            steps.append(step)
         elif mount.kind in sandbox.OVERLAY_KINDS:
             lower = tuple(_resolve(mount, path, optional=False)[0] for path in mount.lower)
             step = ops.Step(mount, None, True, lower)
@@ -330,6 +337,19 @@ def plan_mounts(mounts: list[sandbox.Mount]) -> list[ops.Step]:
         else:
             steps.append(ops.Step(mount))
     return steps
+
+
+def _identity(mount: sandbox.Mount, resolved: str) -> tuple[int, int] | None:
+    if mount.fd is None and (resolved == "/proc" or resolved.startswith("/proc/")):
+        # procfs numbers an inode afresh each time it forgets it: nothing to
+        # compare (and no directory there a workload could swap things in).
+        return None
+    # --bind-fd: the descriptor's own file, whatever its path holds by now.
+    try:
+        found = os.fstat(mount.fd) if mount.fd is not None else os.stat(resolved)
+    except OSError as err:
+        raise LauncherError.from_os(f"{mount.kind} source", mount.source, err) from None
+    return found.st_dev, found.st_ino
 
 
 def _resolve(mount: sandbox.Mount, path: str, optional: bool | None = None) -> tuple[str, bool] | None:
@@ -419,9 +439,9 @@ def _optional(fd: int | None) -> list[int]:
 def _read_one_byte(fd: int) -> None:
     try:
         os.read(fd, 1)
+        os.close(fd)
     except OSError:
         pass
-    os.close(fd)
 
 
 def _write_status(fd: int, data: bytes, close: bool) -> None:

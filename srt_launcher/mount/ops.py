@@ -25,7 +25,7 @@ import stat
 
 from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
-from srt_launcher.mount.target import CREATE_DIR, CREATE_FILE, open_in_root, open_parent_in_root
+from srt_launcher.mount.target import CREATE_DIR, CREATE_FILE, Follower, open_in_root, open_parent_in_root
 
 OLDROOT = "/oldroot"
 NEWROOT = "/newroot"
@@ -74,7 +74,7 @@ class Step:
     """One operation as PID 1 applies it: the description's Mount, with its
     host sources resolved by the stub before any namespace existed."""
 
-    __slots__ = ("mount", "source", "is_dir", "lower", "work")
+    __slots__ = ("mount", "source", "is_dir", "lower", "work", "identity")
 
     def __init__(self, mount: sandbox.Mount, source: str | None = None, is_dir: bool = True, lower: tuple = ()) -> None:
         self.mount = mount
@@ -82,6 +82,7 @@ class Step:
         self.is_dir = is_dir
         self.lower = lower  # resolved host paths of an overlay's lower dirs
         self.work: str | None = None  # resolved host path of an overlay's work dir
+        self.identity: tuple[int, int] | None = None  # a bind source's (device, inode) as resolved
 
     def __repr__(self) -> str:
         return f"Step({self.mount!r}, {self.source!r})"
@@ -90,13 +91,14 @@ class Step:
 class MountContext:
     """What the operations need from before the pivot."""
 
-    __slots__ = ("proc_fd", "tty_path", "pid_namespace", "host_root", "move_mount", "tmp_overlays")
+    __slots__ = ("proc_fd", "tty_path", "pid_namespace", "host_root", "follower", "move_mount", "tmp_overlays")
 
-    def __init__(self, proc_fd: int, tty_path: str | None, pid_namespace: bool = True, host_root: bool = True) -> None:
+    def __init__(self, proc_fd: int, tty_path: str | None, pid_namespace: bool = True, host_root: bool = True, follower: Follower | None = None) -> None:
         self.proc_fd = proc_fd
         self.tty_path = tty_path
         self.pid_namespace = pid_namespace
         self.host_root = host_root  # the workload may be the host's uid 0 (see _cover_proc)
+        self.follower = follower  # whose links targets may cross in a /tmp (mount/target.py)
         self.move_mount = True  # until the kernel says it has none
         self.tmp_overlays = 0
 
@@ -116,9 +118,9 @@ def _fail(step: str, shown: str, err: OSError, source: str | None = None) -> Lau
 # ---------------------------------------------------------------- targets and attaching
 
 
-def _target(mount: sandbox.Mount, create: str | None, mode: int = 0o755) -> int:
+def _target(mount: sandbox.Mount, ctx: MountContext, create: str | None, mode: int = 0o755) -> int:
     try:
-        fd = open_in_root(NEWROOT, mount.dest, create, mode, _parent_mode(mount.perms))
+        fd = open_in_root(NEWROOT, mount.dest, create, mode, _parent_mode(mount.perms), follower=ctx.follower)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     # An existing target of the wrong kind is named as bubblewrap's
@@ -182,29 +184,39 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
 
 def _bind(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR if step.is_dir else CREATE_FILE, 0o755 if step.is_dir else 0o444)
+    target = _target(mount, ctx, CREATE_DIR if step.is_dir else CREATE_FILE, 0o755 if step.is_dir else 0o444)
     scratch = SCRATCH_DIR if step.is_dir else SCRATCH_FILE
     try:
         bind_mount(ctx, host_path(step.source), scratch, _BIND_FLAGS[mount.kind], mount.kind, mount.dest, step.is_dir)
     except BaseException:
         os.close(target)
         raise
-    if mount.fd is not None:
-        _check_same_inode(scratch, mount.fd, mount.dest)
+    if step.identity is not None:
+        try:
+            _check_same_inode(scratch, step)
+        except BaseException:
+            os.close(target)
+            raise
     attach(scratch, target, ctx, mount.kind, mount.dest)
 
 
-def _check_same_inode(scratch: str, fd: int, shown: str) -> None:
-    # --bind-fd: the fd was resolved to a path by the stub; whatever was at
-    # that path since is not what the caller gave us.
+def _check_same_inode(scratch: str, step: Step) -> None:
+    """What was mounted is the source the stub resolved (and, --bind-fd,
+    the caller's descriptor): the source is mounted by its path, and
+    whatever that path led to since (a component swapped for a symlink by
+    a process that can write a directory on it) is not what the launch
+    was asked for, nor what a sandbox prepared ahead was checked against."""
+    mount = step.mount
     try:
-        wanted, mounted = os.fstat(fd), os.lstat(scratch)
+        mounted = os.lstat(scratch)
     except OSError as err:
         _detach_quietly(scratch)
-        raise _fail("bind-fd", shown, err) from None
-    if (wanted.st_dev, wanted.st_ino) != (mounted.st_dev, mounted.st_ino):
+        raise _fail(mount.kind, mount.dest, err) from None
+    if (mounted.st_dev, mounted.st_ino) != step.identity:
         _detach_quietly(scratch)
-        raise LauncherError("bind-fd", shown, "Race condition binding dirfd")
+        if mount.fd is not None:
+            raise LauncherError("bind-fd", mount.dest, "Race condition binding dirfd")
+        raise LauncherError(f"{mount.kind} source", mount.source, "changed while the sandbox was being made")
 
 
 def bind_mount(ctx: MountContext, source: str, target: str, add_flags: int, step: str, shown: str, recursive: bool = True) -> None:
@@ -296,7 +308,7 @@ def _remount(path: str, current: int, add_flags: int) -> None:
 def _remount_ro(step: Step, ctx: MountContext) -> None:
     """bubblewrap's --remount-ro: the mount at dest, and only it, read-only."""
     mount = step.mount
-    target = _target(mount, None)
+    target = _target(mount, ctx, None)
     try:
         link = _FD_LINKS + str(target)
         from srt_launcher.mount import mountinfo  # imported before the pivot (root.build)
@@ -315,7 +327,7 @@ def _remount_ro(step: Step, ctx: MountContext) -> None:
 
 def _tmpfs(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR)
+    target = _target(mount, ctx, CREATE_DIR)
     options = f"mode={0o755 if mount.perms is None else mount.perms:04o}"
     if mount.size:
         options += f",size={mount.size}"
@@ -324,7 +336,7 @@ def _tmpfs(step: Step, ctx: MountContext) -> None:
 
 def _mqueue(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    _mount_new(ctx, "mqueue", "mqueue", 0, None, _target(mount, CREATE_DIR), mount)
+    _mount_new(ctx, "mqueue", "mqueue", 0, None, _target(mount, ctx, CREATE_DIR), mount)
 
 
 def _mount_new(ctx: MountContext, source: str, fstype: str, flags: int, data: str | None, target: int, mount: sandbox.Mount) -> None:
@@ -338,7 +350,7 @@ def _mount_new(ctx: MountContext, source: str, fstype: str, flags: int, data: st
 
 def _proc(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR)
+    target = _target(mount, ctx, CREATE_DIR)
     try:
         if mount.kind == sandbox.PROC and ctx.pid_namespace:
             flags = kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
@@ -383,7 +395,7 @@ def _cover_proc(ctx: MountContext, mount: sandbox.Mount) -> None:
 
 def _dev(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR)
+    target = _target(mount, ctx, CREATE_DIR)
     try:
         _build_dev(ctx, mount.dest)
     except BaseException:
@@ -427,7 +439,7 @@ def _build_dev(ctx: MountContext, shown: str) -> None:
 
 def _overlay(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, CREATE_DIR)
+    target = _target(mount, ctx, CREATE_DIR)
     options = []
     if mount.kind == sandbox.OVERLAY:
         options += ["upperdir=" + _escape(host_path(step.source)), "workdir=" + _escape(host_path(step.work))]
@@ -471,14 +483,14 @@ def _escape(path: str) -> str:
 
 def _dir(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    os.close(_target(mount, CREATE_DIR, 0o755 if mount.perms is None else mount.perms))
+    os.close(_target(mount, ctx, CREATE_DIR, 0o755 if mount.perms is None else mount.perms))
 
 
 def _file(step: Step, ctx: MountContext) -> None:
     """--file: a new file holding the data (bubblewrap creat()s it, mode 0666 unless --perms)."""
     mount = step.mount
     perms = 0o666 if mount.perms is None else mount.perms
-    target = _target(mount, CREATE_FILE, perms)
+    target = _target(mount, ctx, CREATE_FILE, perms)
     try:
         fd = os.open(_FD_LINKS + str(target), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
     except OSError as err:
@@ -508,7 +520,7 @@ def _bind_data(step: Step, ctx: MountContext) -> None:
     finally:
         os.close(fd)
     try:
-        target = _target(mount, CREATE_FILE, 0o444)
+        target = _target(mount, ctx, CREATE_FILE, 0o444)
         flags = BIND_READ_ONLY if mount.kind == sandbox.RO_BIND_DATA else BIND_READ_WRITE
         try:
             bind_mount(ctx, staged, SCRATCH_FILE, flags, mount.kind, mount.dest, recursive=False)
@@ -540,7 +552,7 @@ def _write_data(fd: int, mount: sandbox.Mount) -> None:
 def _symlink(step: Step, ctx: MountContext) -> None:
     mount = step.mount
     try:
-        parent, name = open_parent_in_root(NEWROOT, mount.dest)
+        parent, name = open_parent_in_root(NEWROOT, mount.dest, follower=ctx.follower)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     try:
@@ -567,7 +579,7 @@ def _check_existing_symlink(parent: int, name: str, mount: sandbox.Mount) -> Non
 
 def _chmod(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    target = _target(mount, None)
+    target = _target(mount, ctx, None)
     try:
         os.chmod(_FD_LINKS + str(target), mount.perms)
     except OSError as err:

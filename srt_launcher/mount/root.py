@@ -24,6 +24,7 @@ import os
 from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
 from srt_launcher.mount import ops
+from srt_launcher.mount.target import Follower
 
 STAGING = "/tmp"
 
@@ -38,8 +39,9 @@ def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host
         # nothing to import from once the host root has been pivoted away.
         from srt_launcher.mount import mountinfo  # noqa: F401
     try:
+        follower = _step("user namespace", "/proc/self/uid_map", Follower.of_this_process, proc_fd)
         _enter_staging()
-        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root)
+        ctx = ops.MountContext(proc_fd, tty_path, pid_namespace, host_root, follower)
         for step in steps:
             ops.apply(step, ctx)
         _detach_old_root()

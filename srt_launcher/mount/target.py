@@ -15,6 +15,16 @@ both attacks:
   descriptor (move_mount, or the /proc magic link), never onto a path looked
   up again: a swap after the walk changes nothing about where the mount lands.
 
+Because this code follows the links, not the kernel, the kernel's own guard
+for them is applied here: fs.protected_symlinks (may_follow_link in
+fs/namei.c), whatever the host's sysctl says. In a sticky, world-writable
+directory (a /tmp) a link is followed only if its owner is the follower or
+the directory's owner. Without it, any local user's link in a /tmp that a
+root caller binds would steer PID 1, which holds every capability, into
+writing (``--file``) or chmod-ing (``--chmod``) any file of the host, where
+bubblewrap's path walk meets that guard (and resolves an absolute link in
+its staging root, where nothing is).
+
 Missing components are created one directory descriptor at a time
 (mkdirat, and O_CREAT|O_EXCL|O_NOFOLLOW for a file), so creation cannot be
 redirected either.
@@ -32,6 +42,40 @@ CREATE_DIR = "dir"
 CREATE_FILE = "file"
 
 
+class Follower:
+    """Who follows the links: the inputs of the kernel's may_follow_link.
+
+    ``uid``: the follower's (PID 1's) uid. ``unknown``: in a user namespace
+    that does not map every uid, the overflow uid an unmapped owner reads as
+    in stat(2); such an owner matches nobody, as it may be anyone (the
+    kernel compares the real ids).
+    """
+
+    __slots__ = ("uid", "unknown")
+
+    def __init__(self, uid: int, unknown: int | None = None) -> None:
+        self.uid = uid
+        self.unknown = unknown
+
+    @classmethod
+    def of_this_process(cls, proc_fd: int) -> "Follower":
+        """This process as follower; ``proc_fd`` is a procfs where ``self`` is it."""
+        with open(os.open("self/uid_map", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd), "rb") as uid_map:
+            every_uid = uid_map.read().split() == [b"0", b"0", b"4294967295"]
+        if every_uid:
+            return cls(os.geteuid())
+        with open(os.open("sys/kernel/overflowuid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd), "rb") as overflow:
+            return cls(os.geteuid(), int(overflow.read()))
+
+    def may_follow(self, directory: int, link: os.stat_result) -> bool:
+        parent = os.fstat(directory)
+        if not (parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH):
+            return True
+        if link.st_uid == self.unknown:
+            return False
+        return link.st_uid == self.uid or (parent.st_uid != self.unknown and parent.st_uid == link.st_uid)
+
+
 def _parts(path: str) -> list[str]:
     return [part for part in path.split("/") if part and part != "."]
 
@@ -43,6 +87,7 @@ def open_in_root(
     mode: int = 0o755,
     parent_mode: int = 0o755,
     follow: bool = True,
+    follower: Follower | None = None,
 ) -> int:
     """An O_PATH descriptor of ``dest`` resolved inside the tree at ``root``.
 
@@ -50,8 +95,12 @@ def open_in_root(
     that kind with ``mode`` (missing parents get ``parent_mode``); None
     leaves ENOENT to the caller. ``follow``: whether a symlink as the last
     component is resolved (False for operations on the link itself).
-    Raises OSError with the kernel's errno.
+    ``follower``: whose links may be followed in a sticky, world-writable
+    directory (module docstring); None: the calling process.
+    Raises OSError with the kernel's errno (EACCES for a link refused so).
     """
+    if follower is None:
+        follower = Follower(os.geteuid())
     pending = _parts(dest)
     pending.reverse()
     stack = [os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
@@ -73,11 +122,11 @@ def open_in_root(
                 budget = _spend(budget)
                 pending.append(name)  # open what is there now (ours, or a racer's: resolved like any other)
                 continue
-            kind = stat.S_IFMT(os.fstat(fd).st_mode)
+            found = os.fstat(fd)
+            kind = stat.S_IFMT(found.st_mode)
             if kind == stat.S_IFLNK and (follow or not last):
-                os.close(fd)
                 budget = _spend(budget)
-                target = _read_link(stack[-1], name)
+                target = _read_link(stack[-1], name, fd, found, follower, dest)
                 if target is None:
                     pending.append(name)  # replaced since it was opened: look again
                     continue
@@ -97,17 +146,39 @@ def open_in_root(
             os.close(fd)
 
 
-def open_parent_in_root(root: str, dest: str, parent_mode: int = 0o755) -> tuple[int, str]:
+def open_parent_in_root(root: str, dest: str, parent_mode: int = 0o755, follower: Follower | None = None) -> tuple[int, str]:
     """The directory that will hold ``dest``'s last component (created if
     missing, resolved inside the root), and that component's name."""
     parts = _parts(dest)
     if not parts or parts[-1] == "..":
         raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), dest)
-    parent = open_in_root(root, "/".join(parts[:-1]), CREATE_DIR, parent_mode, parent_mode)
+    parent = open_in_root(root, "/".join(parts[:-1]), CREATE_DIR, parent_mode, parent_mode, follower=follower)
     if not stat.S_ISDIR(os.fstat(parent).st_mode):
         os.close(parent)
         raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
     return parent, parts[-1]
+
+
+def _read_link(directory: int, name: str, fd: int, found: os.stat_result, follower: Follower, dest: str) -> str | None:
+    """The target of the symlink ``fd`` (closed here), None if ``name`` no
+    longer holds it; EACCES if ``follower`` may not follow it."""
+    try:
+        if not _still_there(directory, name, found):
+            return None
+        if not follower.may_follow(directory, found):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), dest)
+        # The link whose owner was checked, not what the name holds now.
+        return os.readlink("", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _still_there(directory: int, name: str, found: os.stat_result) -> bool:
+    try:
+        now = os.stat(name, dir_fd=directory, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino)
 
 
 def _spend(budget: int) -> int:
@@ -125,12 +196,3 @@ def _create(directory: int, name: str, kind: str, mode: int) -> None:
             os.close(os.open(name, flags, mode, dir_fd=directory))
     except FileExistsError:
         pass  # made meanwhile: the caller opens and checks what is there
-
-
-def _read_link(directory: int, name: str) -> str | None:
-    try:
-        return os.readlink(name, dir_fd=directory)
-    except OSError as err:
-        if err.errno in (errno.ENOENT, errno.EINVAL):  # gone, or no longer a symlink
-            return None
-        raise
