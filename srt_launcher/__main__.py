@@ -8,6 +8,7 @@ basename) or ``srt-launcher socat``, and the bubblewrap front end, run as
 and help for them, goes through the click group.
 """
 
+import gc
 import os
 import sys
 
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         # KeyboardInterrupt traceback.
         caller_mask = signals.block_launch_signals()
         from srt_launcher.commands import run
+        from srt_launcher.launch import stub  # noqa: F401 (the engine run.main launches with)
 
+        collect_from_here()
         code = run.main(args[1:], caller_mask, parent)
         # Skip interpreter teardown (paid on every launch): the
         # launcher writes only through os.write, so nothing is left to flush.
@@ -52,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from srt_launcher.cli import cli
     from srt_launcher.errors import LauncherError, report
+
+    collect_from_here()
 
     try:
         return cli.main(args=args, prog_name="srt-launcher", standalone_mode=False) or 0
@@ -75,9 +80,19 @@ def _socat(args: list[str]) -> None:
     """socat's command line, without click (a launch path, SPEC §4)."""
     from srt_launcher.commands import socat
 
+    collect_from_here()
     # os._exit: a pump thread may still be blocked after -t ended the
     # transfer, and everything was written with os.write.
     os._exit(socat.main(args))
+
+
+def collect_from_here() -> None:
+    """The cyclic collector back on (srt-launcher-boot starts without it),
+    for what is allocated from now on: everything imported so far is frozen
+    out of its way, so no collection walks it, and no collection in a forked
+    PID 1 or relay writes to (copies) the pages it lives in."""
+    gc.freeze()
+    gc.enable()
 
 
 def die_with_parent(parent: int) -> None:
@@ -101,7 +116,9 @@ def _bwrap(args: list[str], program: str) -> int:
     # No signal is blocked here, unlike run: bubblewrap's process dies of a
     # SIGTERM (nothing is passed on to the sandbox), and so does this one.
     from srt_launcher.commands import bwrap
+    from srt_launcher.launch import stub  # noqa: F401 (the engine bwrap.main launches with)
 
+    collect_from_here()
     return bwrap.main(args, program)
 
 

@@ -308,6 +308,5 @@ def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | Non
     except OSError as err:  # out of descriptors, processes, memory: still one line, still 125
         return report(LauncherError.from_os("launch", None, err))
     except Exception as err:  # noqa: BLE001 - the last resort: one line, never a traceback
-        import traceback; traceback.print_exc()
         write_stderr(f"srt-launcher: internal error: {err!r}\n")
         return SETUP_FAILED
