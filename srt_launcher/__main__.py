@@ -12,6 +12,8 @@ import gc
 import os
 import sys
 
+from srt_launcher import _preload
+
 SOCAT_NAMES = ("socat", "srt-socat")
 BWRAP_NAMES = ("bwrap", "srt-bwrap")
 
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         # they run is held for the workload, not lost and not a
         # KeyboardInterrupt traceback.
         caller_mask = signals.block_launch_signals()
+        _preload.load(("engine", "run"))
         from srt_launcher.commands import run
         from srt_launcher.launch import stub  # noqa: F401 (the engine run.main launches with)
 
@@ -115,6 +118,7 @@ def die_with_parent(parent: int) -> None:
 def _bwrap(args: list[str], program: str) -> int:
     # No signal is blocked here, unlike run: bubblewrap's process dies of a
     # SIGTERM (nothing is passed on to the sandbox), and so does this one.
+    _preload.load(("engine", "bwrap"))
     from srt_launcher.commands import bwrap
     from srt_launcher.launch import stub  # noqa: F401 (the engine bwrap.main launches with)
 

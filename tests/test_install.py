@@ -279,6 +279,26 @@ def test_make_setup_commands_start_without_a_shell():
         assert (VENV / "bin" / command).stat().st_ino == boot.stat().st_ino, command
 
 
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("command", ("srt-launcher", "srt-bwrap"))
+def test_make_setup_launches_run_the_launch_path_from_its_image(command, caller):
+    """make setup's fast start also writes the launch path's image
+    (srt_launcher/_preload.py): a launch through either front end runs its
+    engine from it, and the import system loads none of those modules."""
+    python = VENV / "bin" / "python3"
+    boot = VENV / "bin" / "srt-launcher-boot"
+    launch = ["run", "--ro-bind", "/", "/", "--", "/bin/true"] if command == "srt-launcher" else ["--ro-bind", "/", "/", "/bin/true"]
+    argv = [str(python), "-I", "-S", "-X", "importtime", "-X", f"srt-launcher-argv0={VENV / 'bin' / command}", str(boot), *launch]
+    result = run([*as_caller(caller), *argv])
+    assert result.returncode == 0, result.stderr
+    imported = re.findall(r"\| +(srt_launcher[\w.]*)$", result.stderr, re.MULTILINE)
+    assert "srt_launcher._preload" in imported  # importtime saw the package's imports
+    # The entry point and, for run, what blocks the launch signals before
+    # anything else is loaded; all the rest came from the image.
+    before_the_image = {"srt_launcher", "srt_launcher._preload", "srt_launcher.__main__", "srt_launcher.launch", "srt_launcher.launch.signals"}
+    assert set(imported) <= before_the_image, imported
+
+
 @pytest.fixture(scope="module")
 def system_dependencies(installs: Installs):  # type: ignore[no-untyped-def]
     """The dependencies alone, installed system-wide (pip --root, used on

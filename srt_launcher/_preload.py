@@ -1,0 +1,177 @@
+"""The launch path's modules from one image, bypassing the import machinery.
+
+A launch imports some twenty small modules (the layout keeps one idea per
+module, STYLE.md), and the import system costs each of them more than its
+own code does: the finder's path search, the source's stat, the pyc's open
+and read, the spec, the module lock, the attributes, all in Python. The
+image holds their compiled code in one file, in the order their imports
+complete, so that ``load`` can run them into ``sys.modules`` one after the
+other: by the time ``srt_launcher.commands.run`` imports ``launch.stub``,
+it finds it there. docs/performance.md has the figures.
+
+The image is an installation's cache, like a ``.pyc``: ``scripts/direct-start``
+(the fast start, run by ``make setup``) writes it into the package's
+``__pycache__``; an install without it imports as usual, one of the ways
+``load`` falls back without a word. It is used only when every module's
+source still has the size and modification time it had when the image was
+written, under the interpreter (bytecode magic) that wrote it: any other
+image is ignored as a whole, before a single module has run, and the launch
+imports what it needs the usual way.
+"""
+
+import marshal
+import os
+import sys
+
+# The sections a front end loads: the engine (what any launch may need,
+# relays included), then its parser. Each is the closure of its entry
+# modules, minus what an earlier section holds.
+SECTIONS = {
+    "engine": (
+        "srt_launcher.launch.signals",
+        "srt_launcher.launch.stub",
+        "srt_launcher.seccomp",
+        "srt_launcher.launch.network",
+        "srt_launcher.relay.inside",
+    ),
+    "run": ("srt_launcher.commands.run",),
+    "bwrap": ("srt_launcher.commands.bwrap",),
+}
+
+_PACKAGE = os.path.dirname(__file__)
+_IMAGE = os.path.join(_PACKAGE, "__pycache__", f"launch-path.{sys.implementation.cache_tag}.image")
+_Module = type(sys)
+_bootstrap = sys.modules["_frozen_importlib"]
+_external = sys.modules["_frozen_importlib_external"]
+
+
+def load(sections: tuple[str, ...], image: str = _IMAGE) -> bool:
+    """Run the modules of ``sections`` from the image into ``sys.modules``
+    (those not imported yet); False, having run none, if the image is
+    missing, unreadable or out of date."""
+    try:
+        with open(image, "rb") as handle:
+            magic, held = marshal.loads(handle.read())
+    except (OSError, ValueError, EOFError, TypeError):
+        return False
+    if magic != _external.MAGIC_NUMBER or not isinstance(held, dict):
+        return False
+    modules = [module for section in sections for module in held.get(section, ()) if module[0] not in sys.modules]
+    if not all(_unchanged(path, mtime, size) for _, _, path, mtime, size, _ in modules):
+        return False
+    for name, package, path, _, _, code in modules:
+        if name not in sys.modules:  # a module of an import cycle, run by its partner's import
+            _run(name, package, path, code)
+    return True
+
+
+def _unchanged(path: str, mtime: int, size: int) -> bool:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return False
+    return (found.st_mtime_ns, found.st_size) == (mtime, size)
+
+
+def _run(name: str, package: bool, path: str, code: bytes) -> None:
+    """What the import system would do for ``name``, minus the search: the
+    module with its spec and attributes, its entry in ``sys.modules``, its
+    code, then its name on its parent package."""
+    parent, _, child = name.rpartition(".")
+    spec = _bootstrap.ModuleSpec(name, _external.SourceFileLoader(name, path), origin=path, is_package=package)
+    spec.has_location = True
+    module = _Module(name)
+    module.__spec__ = spec
+    module.__loader__ = spec.loader
+    module.__file__ = path
+    module.__package__ = name if package else parent
+    if package:
+        module.__path__ = spec.submodule_search_locations = [os.path.dirname(path)]
+    sys.modules[name] = module
+    try:
+        exec(marshal.loads(code), module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    setattr(sys.modules[parent], child, module)
+
+
+# ---------------------------------------------------------------- writing the image
+
+
+def write(image: str = _IMAGE) -> list[str]:
+    """Import every section's modules here, recording the order in which
+    their imports complete, and write the image; the names, in order.
+
+    Run in a fresh interpreter that has imported nothing of the package but
+    itself (srt-launcher-boot, ``-X srt-launcher-write-image``), so that each
+    section records everything it needs.
+    """
+    held: dict[str, list] = {}
+    for section, entries in SECTIONS.items():
+        done: list[str] = []
+        sys.meta_path.insert(0, _Recorder(done))
+        try:
+            for entry in entries:
+                __import__(entry)
+        finally:
+            sys.meta_path.pop(0)
+        held[section] = [_entry(name) for name in done]
+        if section != "engine":
+            _forget(done)  # the next front end's section holds what it shares with this one
+    data = marshal.dumps((_external.MAGIC_NUMBER, held))
+    temporary = f"{image}.{os.getpid()}"
+    os.makedirs(os.path.dirname(image), exist_ok=True)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, image)
+    return [entry[0] for section in held.values() for entry in section]
+
+
+def _forget(names: list[str]) -> None:
+    for name in reversed(names):
+        del sys.modules[name]
+        parent, _, child = name.rpartition(".")
+        if hasattr(sys.modules.get(parent), child):
+            delattr(sys.modules[parent], child)
+
+
+def _entry(name: str) -> tuple[str, bool, str, int, int, bytes]:
+    module = sys.modules[name]
+    path = module.__spec__.origin
+    with open(path, "rb") as handle:
+        source = handle.read()
+    found = os.stat(path)
+    code = compile(source, path, "exec", dont_inherit=True)
+    return name, hasattr(module, "__path__"), path, found.st_mtime_ns, found.st_size, marshal.dumps(code)
+
+
+class _Recorder:
+    """A meta path finder that finds nothing: it wraps the package's modules'
+    loaders to note each module once its code has run (post-order: a module
+    after everything it imports)."""
+
+    def __init__(self, done: list[str]) -> None:
+        self.done = done
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        if not name.startswith("srt_launcher."):
+            return None
+        spec = _external.PathFinder.find_spec(name, path, target)
+        if spec is not None:
+            spec.loader = _RecordingLoader(spec.loader, self.done)
+        return spec
+
+
+class _RecordingLoader:
+    def __init__(self, loader: object, done: list[str]) -> None:
+        self.loader = loader
+        self.done = done
+
+    def create_module(self, spec: object) -> object:
+        return self.loader.create_module(spec)  # type: ignore[attr-defined]
+
+    def exec_module(self, module: object) -> None:
+        self.loader.exec_module(module)  # type: ignore[attr-defined]
+        self.done.append(module.__name__)  # type: ignore[attr-defined]
