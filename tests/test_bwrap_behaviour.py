@@ -655,6 +655,21 @@ def test_a_descriptor_the_caller_never_opened_is_not_one_of_the_launchers(bw, op
             assert (proc.returncode, err) == (status, f"bwrap: {message}\n"), (fd, out)
 
 
+def test_an_unreadable_block_fd_holds_nothing_up_and_never_reaches_the_workload(bw, debian_bwrap):
+    """--block-fd naming a pipe's write end: the read fails at once, the
+    launch goes on (bubblewrap's behaviour), and the descriptor is closed
+    all the same, not handed to the workload."""
+    read_end, write_end = os.pipe()
+    try:
+        argv = ("--unshare-pid", *SANDBOX, "--proc", "/proc", "--block-fd", str(write_end), "sh", "-c", f"test -e /proc/self/fd/{write_end} && echo open || echo closed")
+        ours = bw.run(*argv, pass_fds=(write_end,))
+        theirs = bw.run(*argv, program=debian_bwrap, pass_fds=(write_end,))
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert (ours.returncode, ours.stdout, ours.stderr) == (theirs.returncode, theirs.stdout, theirs.stderr) == (0, "closed\n", "")
+
+
 def test_a_reaper_outside_any_pid_namespace_kills_nothing_it_did_not_make(bw, debian_bwrap):
     """--sync-fd/--lock-file without --unshare-pid: a reaper that is not PID 1.
 

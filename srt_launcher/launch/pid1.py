@@ -303,7 +303,10 @@ def _wait_on(fd: int) -> None:
     # As bubblewrap: a descriptor that cannot be read (not open) holds nothing up.
     try:
         os.read(fd, 1)
-        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.close(fd)  # closed even when unreadable: it must not reach the workload
     except OSError:
         pass
 

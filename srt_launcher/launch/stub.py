@@ -439,7 +439,10 @@ def _optional(fd: int | None) -> list[int]:
 def _read_one_byte(fd: int) -> None:
     try:
         os.read(fd, 1)
-        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.close(fd)  # closed even when unreadable: it must not reach the workload
     except OSError:
         pass
 
