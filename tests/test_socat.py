@@ -236,11 +236,16 @@ def test_anything_outside_the_subset_exits_1_before_any_socket_exists(srt_socat,
 @pytest.mark.parametrize(
     "argv",
     [["UNIX-LISTEN:{path}"], ["TCP:127.0.0.1:0", "STDIO"], ["TCP-LISTEN:99999", "STDIO"], ["-t", "soon", "-", "-"],
-     ["PROXY:127.0.0.1:host:22,proxyauth=nocolon", "STDIO"], ["PROXY:127.0.0.1:bad\r\nhost:22", "STDIO"]],
+     ["PROXY:127.0.0.1:host:22,proxyauth=nocolon", "STDIO"], ["PROXY:127.0.0.1:bad\r\nhost:22", "STDIO"],
+     # Host names the resolver's IDNA encoding refuses (an empty or 64-byte
+     # label, a byte that is not UTF-8), on each address that resolves one.
+     ["STDIO", "TCP:a..b:22"], ["STDIO", "TCP4:" + "a" * 64 + ":22"], ["STDIO", "PROXY:a..b:host:22"],
+     ["STDIO", "TCP:127.0.0.1:22,bind=a..b"], ["UNIX-LISTEN:{path},fork", "TCP:a..b:22"],
+     [b"STDIO", b"TCP:a\xff:22"]],
 )
 def test_bad_values_exit_1_with_one_line(srt_socat, workdir, argv) -> None:
     path = workdir / "never.sock"
-    result = srt_socat.run(*(arg.format(path=path) for arg in argv))
+    result = srt_socat.run(*(arg.format(path=path) if isinstance(arg, str) else arg for arg in argv))
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(b"socat: ") and result.stderr.count(b"\n") == 1, result.stderr
     assert not path.exists()

@@ -431,6 +431,12 @@ def _resolve(host: str, port: int, family: int, where: str) -> tuple[int, tuple]
         found = _socket.getaddrinfo(host, port, family, _socket.SOCK_STREAM)
     except OSError as err:
         raise LauncherError("resolve", host, str(err.args[-1]) if err.args else str(err), FAILED) from None
+    except UnicodeError:
+        # getaddrinfo encodes a name with IDNA first, which raises for an
+        # empty or over-long label (a..b) or a byte that is not UTF-8: a
+        # hostile name on the command line must be socat's one-line error,
+        # not a traceback (SPEC §2.7, §8).
+        raise LauncherError("resolve", host, "not a valid host name", FAILED) from None
     if not found:
         raise LauncherError("resolve", host, "no address", FAILED)
     return found[0][0], found[0][4]
