@@ -241,7 +241,10 @@ def test_anything_outside_the_subset_exits_1_before_any_socket_exists(srt_socat,
      # label, a byte that is not UTF-8), on each address that resolves one.
      ["STDIO", "TCP:a..b:22"], ["STDIO", "TCP4:" + "a" * 64 + ":22"], ["STDIO", "PROXY:a..b:host:22"],
      ["STDIO", "TCP:127.0.0.1:22,bind=a..b"], ["UNIX-LISTEN:{path},fork", "TCP:a..b:22"],
-     [b"STDIO", b"TCP:a\xff:22"]],
+     [b"STDIO", b"TCP:a\xff:22"],
+     # A Unix socket path longer than sun_path (108 bytes), as socat refuses it:
+     # to connect to, it was a TypeError in the loop and exit status 0.
+     ["UNIX-LISTEN:{path}" + "x" * 100, "STDIO"], ["UNIX-LISTEN:{path}", "UNIX-CONNECT:/tmp/" + "x" * 110]],
 )
 def test_bad_values_exit_1_with_one_line(srt_socat, workdir, argv) -> None:
     path = workdir / "never.sock"

@@ -59,6 +59,7 @@ _APPLICABLE = {
 _FAMILY = {"TCP": _socket.AF_UNSPEC, "TCP4": _socket.AF_INET, "TCP6": _socket.AF_INET6}
 DEFAULT_BACKLOG = 5  # socat's
 DEFAULT_PROXY_PORT = 8080  # socat's
+_SUN_PATH = 108  # bytes of a Unix socket path (struct sockaddr_un)
 _TERMINATING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
 
 HELP = f"""usage: socat [-d...] [-t SECONDS] ADDRESS1 ADDRESS2
@@ -227,6 +228,11 @@ def _check_params(kind: str, params: list[str], text: str) -> None:
     expected = {"STDIO": 0, "UNIX-LISTEN": 1, "UNIX-CONNECT": 1, "PROXY": 3}.get(kind, 1 if kind.endswith("-LISTEN") else 2)
     if len(params) != expected or any(not param for param in params):
         raise _bad(f"{kind}: wrong number of parameters ({expected} expected)", text)
+    if kind in ("UNIX-LISTEN", "UNIX-CONNECT") and len(os.fsencode(params[0])) > _SUN_PATH:
+        # Refused here, as socat does, before any socket exists: the loop's
+        # non-blocking connect got an OSError without errno for it, failed
+        # each connection with a TypeError and exited 0 without fork.
+        raise _bad(f"{kind}: path longer than {_SUN_PATH} bytes", params[0])
     if kind.endswith("-LISTEN") and kind != "UNIX-LISTEN":
         _port(params[0], text)
     elif kind in _FAMILY:
