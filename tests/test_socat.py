@@ -368,6 +368,28 @@ def test_with_fork_every_connection_is_served_until_sigterm_removes_the_socket(s
     assert not path.exists()
 
 
+@pytest.mark.parametrize("ending", ["exit", "SIGTERM"])
+def test_two_unix_listeners_leave_neither_socket_file_behind(socat, workdir, ending) -> None:
+    """Each UNIX-LISTEN socket file is removed, not only the last one made:
+    a file left behind makes the next listener on that path fail to bind."""
+    first, second = workdir / "first.sock", workdir / "second.sock"
+    process = socat.popen(f"UNIX-LISTEN:{first}", f"UNIX-LISTEN:{second}")
+    one = wait_connectable(lambda: unix_client(first), process)
+    two = wait_connectable(lambda: unix_client(second), process)
+    one.sendall(b"across")
+    assert two.recv(6) == b"across"
+    if ending == "exit":
+        one.close()
+        two.close()
+        assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
+    else:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM
+        one.close()
+        two.close()
+    assert not first.exists() and not second.exists()
+
+
 def test_a_refused_connect_exits_1(socat, workdir) -> None:
     port = peers.free_port()
     result = socat.run("STDIO", f"TCP:127.0.0.1:{port}")

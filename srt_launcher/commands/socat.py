@@ -290,26 +290,28 @@ def _report(err: LauncherError) -> int:
 
 
 class _Cleanup:
-    """The UNIX-LISTEN socket file this process created (socat removes it when it closes)."""
+    """The UNIX-LISTEN socket files this process created (socat removes them when it closes).
+
+    Every one of them: both addresses may be UNIX-LISTEN, and a file left
+    behind makes the next listener on that path fail to bind.
+    """
 
     def __init__(self) -> None:
-        self.path: str | None = None
-        self.identity: tuple[int, int] | None = None
+        self.files: list[tuple[str, tuple[int, int]]] = []
 
     def created(self, path: str) -> None:
         found = os.lstat(path)
-        self.path, self.identity = path, (found.st_dev, found.st_ino)
+        self.files.append((path, (found.st_dev, found.st_ino)))
 
     def run(self) -> None:
-        path, self.path = self.path, None
-        if path is None:
-            return
-        try:
-            found = os.lstat(path)
-            if (found.st_dev, found.st_ino) == self.identity:  # a file put there since is not ours
-                os.unlink(path)
-        except OSError:
-            pass
+        files, self.files = self.files, []
+        for path, identity in files:
+            try:
+                found = os.lstat(path)
+                if (found.st_dev, found.st_ino) == identity:  # a file put there since is not ours
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def terminate(self, signum: int, _frame: object) -> None:
         self.run()
