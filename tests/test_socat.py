@@ -403,6 +403,26 @@ def test_a_refused_connect_exits_1(socat, workdir) -> None:
     assert process.wait(timeout=TIMEOUT) == 1
 
 
+def test_without_fork_a_connection_that_cannot_be_set_up_exits_1(socat, servers) -> None:
+    """A socket option the kernel refuses (TCP_KEEPIDLE above 32767) on the
+    one connection: socat exits 1; srt-socat dropped the connection and
+    exited 0, as if it had been relayed."""
+    upstream = servers(echo)
+    port = peers.free_port()
+    process = socat.popen(f"TCP-LISTEN:{port},reuseaddr,keepidle=99999", f"TCP:127.0.0.1:{upstream.port}")
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:  # socat fails before it listens
+        try:
+            client = tcp_client(port)
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+            continue
+        with client:
+            assert client.recv(10) == b""
+        break
+    assert process.wait(timeout=TIMEOUT) == 1, process.stderr.read()
+
+
 def test_stdio_to_a_connector_and_back(socat, servers) -> None:
     upstream = servers(greet_then_echo)
     result = socat.run("-", f"TCP:127.0.0.1:{upstream.port}", input=b"from stdin", stdin=None)
