@@ -423,6 +423,26 @@ def test_without_fork_a_connection_that_cannot_be_set_up_exits_1(socat, servers)
     assert process.wait(timeout=TIMEOUT) == 1, process.stderr.read()
 
 
+def test_stdio_and_a_listener_whose_socket_option_is_refused_exits_1_with_one_line(socat) -> None:
+    """The same refused option on the stdio pump's accepted socket: exit 1
+    and one line, where srt-socat printed a Python traceback."""
+    port = peers.free_port()
+    process = socat.popen("STDIO", f"TCP-LISTEN:{port},reuseaddr,keepidle=99999")
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            client = tcp_client(port)
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+            continue
+        with client:
+            assert client.recv(10) == b""
+        break
+    assert process.wait(timeout=TIMEOUT) == 1
+    stderr = process.stderr.read()
+    assert b"Traceback" not in stderr and stderr.count(b"\n") == 1, stderr
+
+
 def test_stdio_to_a_connector_and_back(socat, servers) -> None:
     upstream = servers(greet_then_echo)
     result = socat.run("-", f"TCP:127.0.0.1:{upstream.port}", input=b"from stdin", stdin=None)

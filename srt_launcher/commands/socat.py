@@ -369,7 +369,11 @@ def _open(address: Address, cleanup: _Cleanup) -> tuple[int, int]:
         sock = _socket.socket(listener.family, _socket.SOCK_STREAM, 0, fd)
         options = _SocketOptions(address)
         if options.needed:
-            options(sock)
+            try:
+                options(sock)
+            except OSError as err:  # keepidle=99999: EINVAL, socat's one-line error rather than a traceback
+                sock.close()
+                raise LauncherError.from_os("setsockopt", address.text, err, FAILED) from None
     else:
         sock = _connect(address)
     fd = sock.detach()
