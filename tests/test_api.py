@@ -143,6 +143,21 @@ def test_file_size_limit_kills_a_writer_and_is_named(api):
     assert got["cause"] == "signaled" and got["signal"] == signal.SIGXFSZ and got["limit"] == "file_size"
 
 
+@pytest.mark.parametrize(
+    "signum, spec",
+    [(signal.SIGXCPU, {}), (signal.SIGXFSZ, {}), (signal.SIGXCPU, {"limits": {"cpu_seconds": 100}})],
+    ids=["SIGXCPU, no limit", "SIGXFSZ, no limit", "SIGXCPU, cpu limit far off"],
+)
+def test_a_workload_that_sends_itself_sigxcpu_or_sigxfsz_is_not_put_down_to_a_limit(api, signum, spec):
+    """The workload chooses its own death signal: SIGXCPU or SIGXFSZ alone
+    must not make the Result name a limit that did not kill it. (Under a
+    file_size limit a SIGXFSZ it sent itself cannot be told from the
+    kernel's: the parent sees the signal, not who sent it.)"""
+    got = api.run(["/bin/sh", "-c", f"kill -{signum} $$"], spec=spec)
+    assert got["cause"] == "signaled" and got["signal"] == signum
+    assert got["limit"] is None, got["describe"]
+
+
 def test_address_space_limit_makes_allocation_fail(api):
     """The kernel does not kill at RLIMIT_AS: the allocation fails and the
     program decides (here MemoryError, exit 1). No signal names the limit,

@@ -236,11 +236,19 @@ def test_anything_outside_the_subset_exits_1_before_any_socket_exists(srt_socat,
 @pytest.mark.parametrize(
     "argv",
     [["UNIX-LISTEN:{path}"], ["TCP:127.0.0.1:0", "STDIO"], ["TCP-LISTEN:99999", "STDIO"], ["-t", "soon", "-", "-"],
-     ["PROXY:127.0.0.1:host:22,proxyauth=nocolon", "STDIO"], ["PROXY:127.0.0.1:bad\r\nhost:22", "STDIO"]],
+     ["PROXY:127.0.0.1:host:22,proxyauth=nocolon", "STDIO"], ["PROXY:127.0.0.1:bad\r\nhost:22", "STDIO"],
+     # Host names the resolver's IDNA encoding refuses (an empty or 64-byte
+     # label, a byte that is not UTF-8), on each address that resolves one.
+     ["STDIO", "TCP:a..b:22"], ["STDIO", "TCP4:" + "a" * 64 + ":22"], ["STDIO", "PROXY:a..b:host:22"],
+     ["STDIO", "TCP:127.0.0.1:22,bind=a..b"], ["UNIX-LISTEN:{path},fork", "TCP:a..b:22"],
+     [b"STDIO", b"TCP:a\xff:22"],
+     # A Unix socket path longer than sun_path (108 bytes), as socat refuses it:
+     # to connect to, it was a TypeError in the loop and exit status 0.
+     ["UNIX-LISTEN:{path}" + "x" * 100, "STDIO"], ["UNIX-LISTEN:{path}", "UNIX-CONNECT:/tmp/" + "x" * 110]],
 )
 def test_bad_values_exit_1_with_one_line(srt_socat, workdir, argv) -> None:
     path = workdir / "never.sock"
-    result = srt_socat.run(*(arg.format(path=path) for arg in argv))
+    result = srt_socat.run(*(arg.format(path=path) if isinstance(arg, str) else arg for arg in argv))
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith(b"socat: ") and result.stderr.count(b"\n") == 1, result.stderr
     assert not path.exists()
@@ -360,6 +368,28 @@ def test_with_fork_every_connection_is_served_until_sigterm_removes_the_socket(s
     assert not path.exists()
 
 
+@pytest.mark.parametrize("ending", ["exit", "SIGTERM"])
+def test_two_unix_listeners_leave_neither_socket_file_behind(socat, workdir, ending) -> None:
+    """Each UNIX-LISTEN socket file is removed, not only the last one made:
+    a file left behind makes the next listener on that path fail to bind."""
+    first, second = workdir / "first.sock", workdir / "second.sock"
+    process = socat.popen(f"UNIX-LISTEN:{first}", f"UNIX-LISTEN:{second}")
+    one = wait_connectable(lambda: unix_client(first), process)
+    two = wait_connectable(lambda: unix_client(second), process)
+    one.sendall(b"across")
+    assert two.recv(6) == b"across"
+    if ending == "exit":
+        one.close()
+        two.close()
+        assert process.wait(timeout=TIMEOUT) == 0, process.stderr.read()
+    else:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM
+        one.close()
+        two.close()
+    assert not first.exists() and not second.exists()
+
+
 def test_a_refused_connect_exits_1(socat, workdir) -> None:
     port = peers.free_port()
     result = socat.run("STDIO", f"TCP:127.0.0.1:{port}")
@@ -371,6 +401,46 @@ def test_a_refused_connect_exits_1(socat, workdir) -> None:
     assert client.recv(10) == b""
     client.close()
     assert process.wait(timeout=TIMEOUT) == 1
+
+
+def test_without_fork_a_connection_that_cannot_be_set_up_exits_1(socat, servers) -> None:
+    """A socket option the kernel refuses (TCP_KEEPIDLE above 32767) on the
+    one connection: socat exits 1; srt-socat dropped the connection and
+    exited 0, as if it had been relayed."""
+    upstream = servers(echo)
+    port = peers.free_port()
+    process = socat.popen(f"TCP-LISTEN:{port},reuseaddr,keepidle=99999", f"TCP:127.0.0.1:{upstream.port}")
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:  # socat fails before it listens
+        try:
+            client = tcp_client(port)
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+            continue
+        with client:
+            assert client.recv(10) == b""
+        break
+    assert process.wait(timeout=TIMEOUT) == 1, process.stderr.read()
+
+
+def test_stdio_and_a_listener_whose_socket_option_is_refused_exits_1_with_one_line(socat) -> None:
+    """The same refused option on the stdio pump's accepted socket: exit 1
+    and one line, where srt-socat printed a Python traceback."""
+    port = peers.free_port()
+    process = socat.popen("STDIO", f"TCP-LISTEN:{port},reuseaddr,keepidle=99999")
+    deadline = time.monotonic() + TIMEOUT
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            client = tcp_client(port)
+        except ConnectionRefusedError:
+            time.sleep(0.02)
+            continue
+        with client:
+            assert client.recv(10) == b""
+        break
+    assert process.wait(timeout=TIMEOUT) == 1
+    stderr = process.stderr.read()
+    assert b"Traceback" not in stderr and stderr.count(b"\n") == 1, stderr
 
 
 def test_stdio_to_a_connector_and_back(socat, servers) -> None:

@@ -59,6 +59,7 @@ _APPLICABLE = {
 _FAMILY = {"TCP": _socket.AF_UNSPEC, "TCP4": _socket.AF_INET, "TCP6": _socket.AF_INET6}
 DEFAULT_BACKLOG = 5  # socat's
 DEFAULT_PROXY_PORT = 8080  # socat's
+_SUN_PATH = 108  # bytes of a Unix socket path (struct sockaddr_un)
 _TERMINATING_SIGNALS = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP)
 
 HELP = f"""usage: socat [-d...] [-t SECONDS] ADDRESS1 ADDRESS2
@@ -227,6 +228,11 @@ def _check_params(kind: str, params: list[str], text: str) -> None:
     expected = {"STDIO": 0, "UNIX-LISTEN": 1, "UNIX-CONNECT": 1, "PROXY": 3}.get(kind, 1 if kind.endswith("-LISTEN") else 2)
     if len(params) != expected or any(not param for param in params):
         raise _bad(f"{kind}: wrong number of parameters ({expected} expected)", text)
+    if kind in ("UNIX-LISTEN", "UNIX-CONNECT") and len(os.fsencode(params[0])) > _SUN_PATH:
+        # Refused here, as socat does, before any socket exists: the loop's
+        # non-blocking connect got an OSError without errno for it, failed
+        # each connection with a TypeError and exited 0 without fork.
+        raise _bad(f"{kind}: path longer than {_SUN_PATH} bytes", params[0])
     if kind.endswith("-LISTEN") and kind != "UNIX-LISTEN":
         _port(params[0], text)
     elif kind in _FAMILY:
@@ -284,26 +290,28 @@ def _report(err: LauncherError) -> int:
 
 
 class _Cleanup:
-    """The UNIX-LISTEN socket file this process created (socat removes it when it closes)."""
+    """The UNIX-LISTEN socket files this process created (socat removes them when it closes).
+
+    Every one of them: both addresses may be UNIX-LISTEN, and a file left
+    behind makes the next listener on that path fail to bind.
+    """
 
     def __init__(self) -> None:
-        self.path: str | None = None
-        self.identity: tuple[int, int] | None = None
+        self.files: list[tuple[str, tuple[int, int]]] = []
 
     def created(self, path: str) -> None:
         found = os.lstat(path)
-        self.path, self.identity = path, (found.st_dev, found.st_ino)
+        self.files.append((path, (found.st_dev, found.st_ino)))
 
     def run(self) -> None:
-        path, self.path = self.path, None
-        if path is None:
-            return
-        try:
-            found = os.lstat(path)
-            if (found.st_dev, found.st_ino) == self.identity:  # a file put there since is not ours
-                os.unlink(path)
-        except OSError:
-            pass
+        files, self.files = self.files, []
+        for path, identity in files:
+            try:
+                found = os.lstat(path)
+                if (found.st_dev, found.st_ino) == identity:  # a file put there since is not ours
+                    os.unlink(path)
+            except OSError:
+                pass
 
     def terminate(self, signum: int, _frame: object) -> None:
         self.run()
@@ -361,7 +369,11 @@ def _open(address: Address, cleanup: _Cleanup) -> tuple[int, int]:
         sock = _socket.socket(listener.family, _socket.SOCK_STREAM, 0, fd)
         options = _SocketOptions(address)
         if options.needed:
-            options(sock)
+            try:
+                options(sock)
+            except OSError as err:  # keepidle=99999: EINVAL, socat's one-line error rather than a traceback
+                sock.close()
+                raise LauncherError.from_os("setsockopt", address.text, err, FAILED) from None
     else:
         sock = _connect(address)
     fd = sock.detach()
@@ -431,6 +443,12 @@ def _resolve(host: str, port: int, family: int, where: str) -> tuple[int, tuple]
         found = _socket.getaddrinfo(host, port, family, _socket.SOCK_STREAM)
     except OSError as err:
         raise LauncherError("resolve", host, str(err.args[-1]) if err.args else str(err), FAILED) from None
+    except UnicodeError:
+        # getaddrinfo encodes a name with IDNA first, which raises for an
+        # empty or over-long label (a..b) or a byte that is not UTF-8: a
+        # hostile name on the command line must be socat's one-line error,
+        # not a traceback (SPEC §2.7, §8).
+        raise LauncherError("resolve", host, "not a valid host name", FAILED) from None
     if not found:
         raise LauncherError("resolve", host, "no address", FAILED)
     return found[0][0], found[0][4]

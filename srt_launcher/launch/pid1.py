@@ -462,15 +462,20 @@ def _kill_everything() -> None:
 
 
 def _limit_that_killed(box: sandbox.Sandbox, signum: int, usage) -> str:  # type: ignore[no-untyped-def]
-    if signum == _signal.SIGXCPU:
-        return "cpu"
-    if signum == _signal.SIGXFSZ:
-        return "fsize"
+    # The workload can send itself any signal: SIGXCPU or SIGXFSZ names a
+    # limit only when that limit is set (and, for the CPU, was nearly
+    # used), or `kill -XCPU $$` would pass for the cpu limit killing it.
     cpu = box.rlimits.get(sandbox.RLIMITS["cpu"])
-    if signum == _signal.SIGKILL and cpu is not None and usage is not None and cpu[1] != sandbox.RLIM_INFINITY:
-        used = usage.user + usage.system
-        if used >= cpu[1] * _CPU_SHARE:
-            return "cpu"
+    used = None if usage is None else usage.user + usage.system
+    if signum == _signal.SIGXFSZ:
+        fsize = box.rlimits.get(sandbox.RLIMITS["fsize"])
+        return "fsize" if fsize is not None and fsize[0] != sandbox.RLIM_INFINITY else ""
+    if cpu is None or used is None:
+        return ""
+    if signum == _signal.SIGXCPU and cpu[0] != sandbox.RLIM_INFINITY and used >= cpu[0] * _CPU_SHARE:
+        return "cpu"
+    if signum == _signal.SIGKILL and cpu[1] != sandbox.RLIM_INFINITY and used >= cpu[1] * _CPU_SHARE:
+        return "cpu"
     return ""
 
 

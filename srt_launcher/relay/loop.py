@@ -491,6 +491,9 @@ class _Connection:
 
     def crashed(self, err: Exception) -> None:
         self.loop.report(LauncherError("relay", str(self.via.upstream), repr(err)))
+        # As fail(): without fork a connection dropped this way (a socket
+        # option the kernel refuses, a bug) must not end in exit status 0.
+        self.loop.status = 1
         self.close()
 
     def _connect_finished(self) -> None:
