@@ -17,6 +17,10 @@ source still has the size and modification time it had when the image was
 written, under the interpreter (bytecode magic) that wrote it: any other
 image is ignored as a whole, before a single module has run, and the launch
 imports what it needs the usual way.
+
+``-X srt-launcher-no-image`` makes every launch import as usual: the
+modules then show in ``-X importtime``, which is how the tests check what
+the launch path imports.
 """
 
 import marshal
@@ -49,6 +53,8 @@ def load(sections: tuple[str, ...], image: str = _IMAGE) -> bool:
     """Run the modules of ``sections`` from the image into ``sys.modules``
     (those not imported yet); False, having run none, if the image is
     missing, unreadable or out of date."""
+    if "srt-launcher-no-image" in sys._xoptions:
+        return False
     try:
         with open(image, "rb") as handle:
             magic, held = marshal.loads(handle.read())

@@ -95,7 +95,7 @@ def test_importing_the_package_loads_no_api_module(root_argv):
 def test_the_run_path_and_the_launcher_process_import_nothing_heavy(root_argv):
     """`run` imports no api module; the launcher process no click, pyroute2, pyseccomp (SPEC §4)."""
     python = str(Path(root_argv[0]).parent / "python")
-    run = subprocess.run([python, "-I", "-S", "-X", "importtime", root_argv[0], "run", "--ro-bind", "/", "/", "--", "/bin/true"],
+    run = subprocess.run([python, "-I", "-S", "-X", "importtime", "-X", "srt-launcher-no-image", root_argv[0], "run", "--ro-bind", "/", "/", "--", "/bin/true"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert run.returncode == 0, run.stderr
     run_modules = {line.split("|")[-1].strip() for line in run.stderr.splitlines() if line.startswith("import time:")}

@@ -271,7 +271,7 @@ def test_installed_package_loads_the_blob_for_this_machine(name: str) -> None:
 def test_launch_does_not_import_pyseccomp(launcher, options: tuple[str, ...]) -> None:
     # The caller's interpreter: the venv's, or the world-readable copy of it.
     run_args = launcher.argv("run", *options, *SYSTEM, "--", "/bin/true")[len(launcher.argv_prefix) :]
-    argv = [launcher.python, "-X", "importtime", "-m", "srt_launcher", *run_args]
+    argv = [launcher.python, "-X", "importtime", "-X", "srt-launcher-no-image", "-m", "srt_launcher", *run_args]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 0, result.stderr
     assert "srt_launcher.seccomp" in result.stderr  # the import log is really there

@@ -529,7 +529,9 @@ class Bench:
         # -I -S as the installed command starts (srt-launcher-boot refuses
         # an interpreter without them), for the baseline too.
         base_argv = [self.vpy, "-I", "-S", "-X", "importtime", "-c", "pass"]
-        run_argv = [self.vpy, "-I", "-S", "-X", "importtime", *self.srt_full(sock, [self.true])]
+        # Without the launch path's image (srt_launcher/_preload.py), so that
+        # every module of the path shows, with what the import system costs.
+        run_argv = [self.vpy, "-I", "-S", "-X", "importtime", "-X", "srt-launcher-no-image", *self.srt_full(sock, [self.true])]
         runs = [self.importtime(run_argv) for _ in range(self.settings.import_runs)]
         base = {name for _, name, _, _ in self.importtime(base_argv)}
         every = {name for run in runs for _, name, _, _ in run}

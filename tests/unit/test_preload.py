@@ -84,6 +84,9 @@ def test_each_section_holds_its_modules_after_what_they_import(package):
     ):
         assert engine.index(imported) < engine.index(module), (module, imported)
     assert not any(name.startswith("srt_launcher.commands") for name in engine), "the engine imports no front end"
+    # What the launch path must never load (SPEC §4, STYLE.md): the image would hide it from -X importtime.
+    held_names = [entry[0] for section in held.values() for entry in section]
+    assert not [name for name in held_names if name.startswith(("srt_launcher.api", "srt_launcher.check", "srt_launcher.cli"))]
     # Each front end's section stands alone beside the engine.
     assert [entry[0] for entry in held["run"]] == ["srt_launcher.commands", "srt_launcher.commands.values", "srt_launcher.commands.run"]
     assert [entry[0] for entry in held["bwrap"]][0] == "srt_launcher.commands"
@@ -162,6 +165,14 @@ def test_an_image_that_cannot_be_read_is_not_used(package, spoil):
     image = _image(package)
     image.write_bytes(spoil(image.read_bytes()))
     _unused(package)
+
+
+def test_the_no_image_option_makes_a_launch_import_as_usual(package):
+    argv = [sys.executable, "-I", "-S", "-X", "srt-launcher-no-image", "-c", LOAD_THEN_IMPORT, f"{package}:{DEPENDENCIES}", "engine,run", "srt_launcher.commands.run"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    seen = json.loads(result.stdout)
+    assert seen["loaded"] is False and "srt_launcher.commands.run" in seen["searched"]
 
 
 def test_no_image_no_difference(package):
