@@ -403,31 +403,9 @@ def test_a_refused_connect_exits_1(socat, workdir) -> None:
     assert process.wait(timeout=TIMEOUT) == 1
 
 
-def test_without_fork_a_connection_that_cannot_be_set_up_exits_1(socat, servers) -> None:
-    """A socket option the kernel refuses (TCP_KEEPIDLE above 32767) on the
-    one connection: socat exits 1; srt-socat dropped the connection and
-    exited 0, as if it had been relayed."""
-    upstream = servers(echo)
-    port = peers.free_port()
-    process = socat.popen(f"TCP-LISTEN:{port},reuseaddr,keepidle=99999", f"TCP:127.0.0.1:{upstream.port}")
-    deadline = time.monotonic() + TIMEOUT
-    while process.poll() is None and time.monotonic() < deadline:  # socat fails before it listens
-        try:
-            client = tcp_client(port)
-        except ConnectionRefusedError:
-            time.sleep(0.02)
-            continue
-        with client:
-            assert client.recv(10) == b""
-        break
-    assert process.wait(timeout=TIMEOUT) == 1, process.stderr.read()
-
-
-def test_stdio_and_a_listener_whose_socket_option_is_refused_exits_1_with_one_line(socat) -> None:
-    """The same refused option on the stdio pump's accepted socket: exit 1
-    and one line, where srt-socat printed a Python traceback."""
-    port = peers.free_port()
-    process = socat.popen("STDIO", f"TCP-LISTEN:{port},reuseaddr,keepidle=99999")
+def _connect_once_and_see_it_closed(port: int, process) -> None:  # type: ignore[no-untyped-def]
+    """Connect once it listens (unless it has ended: socat fails before it
+    listens) and see the connection closed without a byte."""
     deadline = time.monotonic() + TIMEOUT
     while process.poll() is None and time.monotonic() < deadline:
         try:
@@ -437,7 +415,26 @@ def test_stdio_and_a_listener_whose_socket_option_is_refused_exits_1_with_one_li
             continue
         with client:
             assert client.recv(10) == b""
-        break
+        return
+
+
+def test_without_fork_a_connection_that_cannot_be_set_up_exits_1(socat, servers) -> None:
+    """A socket option the kernel refuses (TCP_KEEPIDLE above 32767) on the
+    one connection: socat exits 1; srt-socat dropped the connection and
+    exited 0, as if it had been relayed."""
+    upstream = servers(echo)
+    port = peers.free_port()
+    process = socat.popen(f"TCP-LISTEN:{port},reuseaddr,keepidle=99999", f"TCP:127.0.0.1:{upstream.port}")
+    _connect_once_and_see_it_closed(port, process)
+    assert process.wait(timeout=TIMEOUT) == 1, process.stderr.read()
+
+
+def test_stdio_and_a_listener_whose_socket_option_is_refused_exits_1_with_one_line(socat) -> None:
+    """The same refused option on the stdio pump's accepted socket: exit 1
+    and one line, where srt-socat printed a Python traceback."""
+    port = peers.free_port()
+    process = socat.popen("STDIO", f"TCP-LISTEN:{port},reuseaddr,keepidle=99999")
+    _connect_once_and_see_it_closed(port, process)
     assert process.wait(timeout=TIMEOUT) == 1
     stderr = process.stderr.read()
     assert b"Traceback" not in stderr and stderr.count(b"\n") == 1, stderr

@@ -116,7 +116,7 @@ def _pid1(plan: Plan) -> int:
     locks = _take_locks(box.lock_files, plan.fd_floor)
     _set_capabilities_for_the_worker(box)
     if box.block_fd is not None:
-        _wait_on(box.block_fd)
+        wait_for_byte(box.block_fd)
     env = plan.env
     env["PWD"] = _enter_working_dir(box.chdir, plan.cwd, env.get("HOME"))
     if not box.reaper:
@@ -299,8 +299,10 @@ def _set_capabilities_for_the_worker(box: sandbox.Sandbox) -> None:
         privileges.drop_all_capabilities()
 
 
-def _wait_on(fd: int) -> None:
-    # As bubblewrap: a descriptor that cannot be read (not open) holds nothing up.
+def wait_for_byte(fd: int) -> None:
+    """Block until the caller writes a byte to ``fd`` (or closes it), then
+    close it (--block-fd, --userns-block-fd). As bubblewrap: a descriptor
+    that cannot be read (not open, a pipe's write end) holds nothing up."""
     try:
         os.read(fd, 1)
     except OSError:

@@ -134,7 +134,7 @@ class _Stub:
             self._wait_for_record(report.MOUNT_NAMESPACE)
             self.write_start(self.pid1 or pid)
         if box.userns_block_fd is not None:
-            _read_one_byte(box.userns_block_fd)
+            pid1.wait_for_byte(box.userns_block_fd)
             os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
         if wants_worker or box.linger:
             _notify_on_records(self.channel)
@@ -434,17 +434,6 @@ def _close_caller_fds(box: sandbox.Sandbox, keep: list[int]) -> None:
 
 def _optional(fd: int | None) -> list[int]:
     return [] if fd is None else [fd]
-
-
-def _read_one_byte(fd: int) -> None:
-    try:
-        os.read(fd, 1)
-    except OSError:
-        pass
-    try:
-        os.close(fd)  # closed even when unreadable: it must not reach the workload
-    except OSError:
-        pass
 
 
 def _write_status(fd: int, data: bytes, close: bool) -> None:
