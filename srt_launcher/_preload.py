@@ -23,6 +23,7 @@ modules then show in ``-X importtime``, which is how the tests check what
 the launch path imports.
 """
 
+import _imp
 import marshal
 import os
 import sys
@@ -43,6 +44,10 @@ SECTIONS = {
 }
 
 _PACKAGE = os.path.dirname(__file__)
+# The image names each module's source relative to the directory the
+# package is in: a copied or moved installation validates against, and
+# runs, its own sources, never those of the place it was copied from.
+_SITE = os.path.dirname(_PACKAGE)
 _IMAGE = os.path.join(_PACKAGE, "__pycache__", f"launch-path.{sys.implementation.cache_tag}.image")
 _Module = type(sys)
 _bootstrap = sys.modules["_frozen_importlib"]
@@ -63,11 +68,11 @@ def load(sections: tuple[str, ...], image: str = _IMAGE) -> bool:
     if magic != _external.MAGIC_NUMBER or not isinstance(held, dict):
         return False
     modules = [module for section in sections for module in held.get(section, ()) if module[0] not in sys.modules]
-    if not all(_unchanged(path, mtime, size) for _, _, path, mtime, size, _ in modules):
+    if not all(_unchanged(f"{_SITE}/{source}", mtime, size) for _, _, source, mtime, size, _ in modules):
         return False
-    for name, package, path, _, _, code in modules:
+    for name, package, source, _, _, code in modules:
         if name not in sys.modules:  # a module of an import cycle, run by its partner's import
-            _run(name, package, path, code)
+            _run(name, package, f"{_SITE}/{source}", code)
     return True
 
 
@@ -94,8 +99,10 @@ def _run(name: str, package: bool, path: str, code: bytes) -> None:
     if package:
         module.__path__ = spec.submodule_search_locations = [os.path.dirname(path)]
     sys.modules[name] = module
+    compiled = marshal.loads(code)
+    _imp._fix_co_filename(compiled, path)  # as for a pyc: the copy's path, not the writer's
     try:
-        exec(marshal.loads(code), module.__dict__)
+        exec(compiled, module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
@@ -146,11 +153,14 @@ def _forget(names: list[str]) -> None:
 def _entry(name: str) -> tuple[str, bool, str, int, int, bytes]:
     module = sys.modules[name]
     path = module.__spec__.origin
+    relative = os.path.relpath(path, _SITE)
+    if relative.startswith(".."):
+        raise ValueError(f"{name} is not under {_SITE}")
     with open(path, "rb") as handle:
         source = handle.read()
     found = os.stat(path)
     code = compile(source, path, "exec", dont_inherit=True)
-    return name, hasattr(module, "__path__"), path, found.st_mtime_ns, found.st_size, marshal.dumps(code)
+    return name, hasattr(module, "__path__"), relative, found.st_mtime_ns, found.st_size, marshal.dumps(code)
 
 
 class _Recorder:

@@ -457,7 +457,7 @@ def _gone(pid: int, timeout: float = 10) -> bool:
             with open(f"/proc/{pid}/stat") as handle:
                 if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
                     return True
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
             return True
         time.sleep(0.05)
     return False

@@ -279,17 +279,18 @@ def test_make_setup_commands_start_without_a_shell():
         assert (VENV / "bin" / command).stat().st_ino == boot.stat().st_ino, command
 
 
-@pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("command", ("srt-launcher", "srt-bwrap"))
-def test_make_setup_launches_run_the_launch_path_from_its_image(command, caller):
+def test_make_setup_launches_run_the_launch_path_from_its_image(command, host_launcher):
     """make setup's fast start also writes the launch path's image
     (srt_launcher/_preload.py): a launch through either front end runs its
-    engine from it, and the import system loads none of those modules."""
-    python = VENV / "bin" / "python3"
-    boot = VENV / "bin" / "srt-launcher-boot"
+    engine from it, and the import system loads none of those modules. For
+    uid 65534 in a checkout it cannot enter, the venv is a copy elsewhere
+    (conftest.relocate_venv): the image holds paths relative to the
+    package, so the copy runs its own code from its own image."""
+    bindir = Path(host_launcher.argv_prefix[0]).parent
     launch = ["run", "--ro-bind", "/", "/", "--", "/bin/true"] if command == "srt-launcher" else ["--ro-bind", "/", "/", "/bin/true"]
-    argv = [str(python), "-I", "-S", "-X", "importtime", "-X", f"srt-launcher-argv0={VENV / 'bin' / command}", str(boot), *launch]
-    result = run([*as_caller(caller), *argv])
+    argv = [str(bindir / "python3"), "-I", "-S", "-X", "importtime", "-X", f"srt-launcher-argv0={bindir / command}", str(bindir / "srt-launcher-boot"), *launch]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **host_launcher.process_kwargs())
     assert result.returncode == 0, result.stderr
     imported = re.findall(r"\| +(srt_launcher[\w.]*)$", result.stderr, re.MULTILINE)
     assert "srt_launcher._preload" in imported  # importtime saw the package's imports

@@ -105,7 +105,7 @@ def _state(pid: int) -> str:
 def _dead(pid: int) -> bool:
     try:
         return _state(pid) in ("Z", "X")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
         return True
 
 

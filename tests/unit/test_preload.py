@@ -129,6 +129,22 @@ print("ok")
     assert (result.returncode, result.stderr, result.stdout) == (0, "", "ok\n")
 
 
+def test_a_copied_installation_runs_its_own_sources(package, tmp_path):
+    copy = tmp_path / "elsewhere" / "site"
+    shutil.copytree(package, copy)  # times kept, as cp -a and relocated venvs keep them
+    seen = _load_then_import(copy, "engine,run", "srt_launcher.commands.run,srt_launcher.launch.stub")
+    assert seen["loaded"] is True and seen["searched"] == []
+    assert all(path.startswith(f"{copy}/") for path in seen["files"].values())
+    check = "import sys; sys.path[:0] = sys.argv[1].split(':'); from srt_launcher import _preload; assert _preload.load(('engine',)); from srt_launcher.launch import stub; print(stub.launch.__code__.co_filename)"
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", check, f"{copy}:{DEPENDENCIES}"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr, result.stdout) == (0, "", f"{copy}/srt_launcher/launch/stub.py\n")
+    # A change to the copy's sources makes the copy's image unused, whatever the original's state.
+    stub = copy / "srt_launcher" / "launch" / "stub.py"
+    stub.write_text(stub.read_text() + "\n")
+    _unused(copy)
+    assert _load_then_import(package, "engine,run", "srt_launcher.commands.run")["loaded"] is True
+
+
 def _unused(site: Path) -> None:
     seen = _load_then_import(site, "engine,run", "srt_launcher.commands.run")
     assert seen["loaded"] is False
