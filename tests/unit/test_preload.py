@@ -152,6 +152,7 @@ def _unused(site: Path) -> None:
     assert "srt_launcher.launch.stub" not in seen["searched"]  # not imported at all by run's module
     assert "srt_launcher.commands.run" in seen["searched"]
     assert "srt_launcher.kernel" not in seen["before"]
+    assert set(seen["files"]) - set(seen["before"]) <= set(seen["searched"])
 
 
 def test_an_image_whose_source_changed_is_not_used(package):
@@ -166,6 +167,11 @@ def test_an_image_whose_source_is_gone_is_not_used(package):
     _unused(package)
 
 
+def _respoil(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    magic, held = marshal.loads(data)
+    return marshal.dumps((magic, change(held)))
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
@@ -174,8 +180,19 @@ def test_an_image_whose_source_is_gone_is_not_used(package):
         lambda data: marshal.dumps((b"\0\0\r\n", marshal.loads(data)[1])),  # another interpreter's
         lambda data: marshal.dumps(("not", "an image")),
         lambda data: b"\xff" * 64,
+        # The right magic around anything else (another layout of the image,
+        # a damaged one): ignored as a whole too, never a traceback, and
+        # nothing run from it (the spoiled entry is the last one needed).
+        lambda data: _respoil(data, lambda held: {"engine": 5}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [entry[:5] for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [7]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [[["unhashable"], *entry[1:]] for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [(*entry[:2], "srt_launcher/\0.py", *entry[3:]) for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [*held["run"][:-1], (*held["run"][-1][:5], b"\xff")]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [*held["run"][:-1], (*held["run"][-1][:5], marshal.dumps("print(1)"))]}),
+        lambda data: _respoil(data, lambda held: ["engine", "run"]),
     ],
-    ids=["truncated", "empty", "other-magic", "other-shape", "garbage"],
+    ids=["truncated", "empty", "other-magic", "other-shape", "garbage", "section-not-a-list", "entry-too-short", "entry-not-a-tuple", "unhashable-name", "nul-in-path", "code-not-marshal", "code-not-code", "held-not-a-dict"],
 )
 def test_an_image_that_cannot_be_read_is_not_used(package, spoil):
     image = _image(package)
