@@ -158,10 +158,21 @@ def write(image: str = _IMAGE) -> list[str]:
             _forget(done)  # the next front end's section holds what it shares with this one
     data = marshal.dumps((_external.MAGIC_NUMBER, held))
     temporary = f"{image}.{os.getpid()}"
-    os.makedirs(os.path.dirname(image), exist_ok=True)
-    with open(temporary, "wb") as handle:
+    # Whatever the umask (make setup under umask 0 or 002): another user who
+    # could open the temporary file for writing before the rename would keep
+    # that descriptor, and rewrite through it the image that every launch,
+    # root's included, runs. So the directory is never open to others, and
+    # the file is created exclusively (nothing planted at its name is
+    # followed), private, and made readable only once written.
+    os.makedirs(os.path.dirname(image), mode=0o755, exist_ok=True)
+    try:
+        os.unlink(temporary)  # left by a writer that died with this pid
+    except FileNotFoundError:
+        pass
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
         handle.write(data)
-    os.chmod(temporary, 0o644)
+        handle.flush()
+        os.fchmod(handle.fileno(), 0o644)  # every caller reads it (uid 65534 too)
     os.replace(temporary, image)
     return [entry[0] for section in held.values() for entry in section]
 

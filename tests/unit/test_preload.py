@@ -211,3 +211,37 @@ def test_the_no_image_option_makes_a_launch_import_as_usual(package):
 def test_no_image_no_difference(package):
     _image(package).unlink()
     _unused(package)
+
+
+# Writes the image the way scripts/direct-start does, under umask 0, and
+# notes the mode of the temporary file whenever it is chmod-ed or renamed:
+# the moments after its content was written and before it became the image.
+WRITE_UNDER_UMASK_0 = """
+import os, stat, sys
+sys.path[:0] = sys.argv[1].split(":")
+from srt_launcher import _preload
+temporary = f"{_preload._IMAGE}.{os.getpid()}"
+seen = []
+def hook(event, args):
+    if event in ("os.chmod", "os.rename") and os.path.lexists(temporary):
+        seen.append(stat.S_IMODE(os.lstat(temporary).st_mode))
+sys.addaudithook(hook)
+os.umask(0)
+_preload.write()
+print(" ".join(oct(mode) for mode in seen), oct(stat.S_IMODE(os.stat(_preload._IMAGE).st_mode)), oct(stat.S_IMODE(os.stat(os.path.dirname(_preload._IMAGE)).st_mode)))
+"""
+
+
+def test_the_image_is_never_writable_by_others_even_under_umask_0(package):
+    # Attack: direct-start (make setup) run by root under umask 0 (or 002 with
+    # a hostile group). Another user who opens the temporary file for writing
+    # before it is renamed keeps that descriptor: through it, they rewrite the
+    # image every later launch runs, root's included. Nor may the __pycache__
+    # it creates be open to them.
+    shutil.rmtree(package / "srt_launcher" / "__pycache__")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", WRITE_UNDER_UMASK_0, f"{package}:{DEPENDENCIES}"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    *during, final, directory = result.stdout.split()
+    assert during, "the hook saw the temporary file"
+    assert all(int(mode, 8) & 0o022 == 0 for mode in during), during
+    assert (final, directory) == ("0o644", "0o755")
