@@ -50,6 +50,7 @@ _PACKAGE = os.path.dirname(__file__)
 _SITE = os.path.dirname(_PACKAGE)
 _IMAGE = os.path.join(_PACKAGE, "__pycache__", f"launch-path.{sys.implementation.cache_tag}.image")
 _Module = type(sys)
+_Code = type((lambda: None).__code__)
 _bootstrap = sys.modules["_frozen_importlib"]
 _external = sys.modules["_frozen_importlib_external"]
 
@@ -57,23 +58,48 @@ _external = sys.modules["_frozen_importlib_external"]
 def load(sections: tuple[str, ...], image: str = _IMAGE) -> bool:
     """Run the modules of ``sections`` from the image into ``sys.modules``
     (those not imported yet); False, having run none, if the image is
-    missing, unreadable or out of date."""
+    missing, unreadable, out of date or of any other shape."""
     if "srt-launcher-no-image" in sys._xoptions:
         return False
     try:
+        modules = _read(image, sections)
+    except Exception:  # noqa: BLE001 - any bytes: a damaged image, another layout of it
+        return False
+    if modules is None:
+        return False
+    for name, package, path, code in modules:
+        if name not in sys.modules:  # a module of an import cycle, run by its partner's import
+            _run(name, package, path, code)
+    return True
+
+
+def _read(image: str, sections: tuple[str, ...]) -> list[tuple[str, bool, str, object]] | None:
+    """Every module of ``sections`` not imported yet, its code decoded, or
+    None if the image is missing or out of date. All of it is read and
+    checked before ``load`` runs any: an image that matches the magic but
+    holds anything else (damaged, or written in another layout by another
+    version of the package) raises here, so that nothing of it has run."""
+    try:
         with open(image, "rb") as handle:
             magic, held = marshal.loads(handle.read())
-    except (OSError, ValueError, EOFError, TypeError):
-        return False
-    if magic != _external.MAGIC_NUMBER or not isinstance(held, dict):
-        return False
-    modules = [module for section in sections for module in held.get(section, ()) if module[0] not in sys.modules]
-    if not all(_unchanged(f"{_SITE}/{source}", mtime, size) for _, _, source, mtime, size, _ in modules):
-        return False
-    for name, package, source, _, _, code in modules:
-        if name not in sys.modules:  # a module of an import cycle, run by its partner's import
-            _run(name, package, f"{_SITE}/{source}", code)
-    return True
+    except OSError:
+        return None
+    if magic != _external.MAGIC_NUMBER:
+        return None
+    modules = []
+    for section in sections:
+        for name, package, source, mtime, size, code in held.get(section, ()):
+            if name in sys.modules:
+                continue
+            path = f"{_SITE}/{source}"
+            if not _unchanged(path, mtime, size):
+                return None
+            compiled = marshal.loads(code)
+            if not (type(name) is str and type(package) is bool and type(compiled) is _Code):
+                raise TypeError(f"not an image entry: {name!r}")
+            _imp._fix_co_filename(compiled, path)  # as for a pyc: the copy's path, not the writer's
+            modules.append((name, package, path, compiled))
+    return modules
 
 
 def _unchanged(path: str, mtime: int, size: int) -> bool:
@@ -84,7 +110,7 @@ def _unchanged(path: str, mtime: int, size: int) -> bool:
     return (found.st_mtime_ns, found.st_size) == (mtime, size)
 
 
-def _run(name: str, package: bool, path: str, code: bytes) -> None:
+def _run(name: str, package: bool, path: str, code: object) -> None:
     """What the import system would do for ``name``, minus the search: the
     module with its spec and attributes, its entry in ``sys.modules``, its
     code, then its name on its parent package."""
@@ -99,10 +125,8 @@ def _run(name: str, package: bool, path: str, code: bytes) -> None:
     if package:
         module.__path__ = spec.submodule_search_locations = [os.path.dirname(path)]
     sys.modules[name] = module
-    compiled = marshal.loads(code)
-    _imp._fix_co_filename(compiled, path)  # as for a pyc: the copy's path, not the writer's
     try:
-        exec(compiled, module.__dict__)
+        exec(code, module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
@@ -134,10 +158,21 @@ def write(image: str = _IMAGE) -> list[str]:
             _forget(done)  # the next front end's section holds what it shares with this one
     data = marshal.dumps((_external.MAGIC_NUMBER, held))
     temporary = f"{image}.{os.getpid()}"
-    os.makedirs(os.path.dirname(image), exist_ok=True)
-    with open(temporary, "wb") as handle:
+    # Whatever the umask (make setup under umask 0 or 002): another user who
+    # could open the temporary file for writing before the rename would keep
+    # that descriptor, and rewrite through it the image that every launch,
+    # root's included, runs. So the directory is never open to others, and
+    # the file is created exclusively (nothing planted at its name is
+    # followed), private, and made readable only once written.
+    os.makedirs(os.path.dirname(image), mode=0o755, exist_ok=True)
+    try:
+        os.unlink(temporary)  # left by a writer that died with this pid
+    except FileNotFoundError:
+        pass
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
         handle.write(data)
-    os.chmod(temporary, 0o644)
+        handle.flush()
+        os.fchmod(handle.fileno(), 0o644)  # every caller reads it (uid 65534 too)
     os.replace(temporary, image)
     return [entry[0] for section in held.values() for entry in section]
 

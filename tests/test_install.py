@@ -400,6 +400,36 @@ def test_direct_start_makes_each_command_the_boot_with_isolating_flags(probe):
         assert command.stat().st_ino == boot.stat().st_ino
 
 
+@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("form", ("make-setup", "venv"))
+def test_a_symlinked_bin_directory_runs_the_installed_package(installs, form, caller):
+    # A caller who reaches the commands through a symlink to their directory
+    # (PATH=/tmp/srt:..., with /tmp/srt -> /opt/srt/bin) must get the package
+    # installed beside the real directory. The lexical parent of the link is
+    # someone else's to write (/tmp): a package planted under it, with the
+    # dependencies' names beside it, must never run in the launcher.
+    install = installs.get(form, caller)
+    other = installs.scratch()
+    try:
+        other.chmod(0o777)
+        (other / "bin").symlink_to(install.bindir)
+        marks = other / "marks"
+        marks.mkdir(mode=0o777)
+        marks.chmod(0o777)
+        site = other / "lib" / VERSION / "site-packages"
+        for name in ("srt_launcher/__init__.py", "srt_launcher/__main__.py", "click/__init__.py", "pyroute2/__init__.py", "prctl.py", "pyseccomp.py"):
+            (site / name).parent.mkdir(parents=True, exist_ok=True)
+            (site / name).write_text(_mark_code(marks / name.replace("/", "-")) + "\ndef main(argv=None):\n    return 99\n")
+        for path in other.rglob("*"):
+            if path != marks and not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        result = run([*as_caller(caller), str(other / "bin" / "srt-launcher"), "run", "--ro-bind", "/", "/", "--", "/bin/sh", "-c", "exit 7"])
+        assert os.listdir(marks) == []
+        assert (result.returncode, result.stderr) == (7, "")
+    finally:
+        shutil.rmtree(other)
+
+
 # ---------------------------------------------------------------- failures that must be clear
 
 

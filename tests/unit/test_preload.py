@@ -152,6 +152,7 @@ def _unused(site: Path) -> None:
     assert "srt_launcher.launch.stub" not in seen["searched"]  # not imported at all by run's module
     assert "srt_launcher.commands.run" in seen["searched"]
     assert "srt_launcher.kernel" not in seen["before"]
+    assert set(seen["files"]) - set(seen["before"]) <= set(seen["searched"])
 
 
 def test_an_image_whose_source_changed_is_not_used(package):
@@ -166,6 +167,11 @@ def test_an_image_whose_source_is_gone_is_not_used(package):
     _unused(package)
 
 
+def _respoil(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    magic, held = marshal.loads(data)
+    return marshal.dumps((magic, change(held)))
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
@@ -174,8 +180,19 @@ def test_an_image_whose_source_is_gone_is_not_used(package):
         lambda data: marshal.dumps((b"\0\0\r\n", marshal.loads(data)[1])),  # another interpreter's
         lambda data: marshal.dumps(("not", "an image")),
         lambda data: b"\xff" * 64,
+        # The right magic around anything else (another layout of the image,
+        # a damaged one): ignored as a whole too, never a traceback, and
+        # nothing run from it (the spoiled entry is the last one needed).
+        lambda data: _respoil(data, lambda held: {"engine": 5}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [entry[:5] for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [7]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [[["unhashable"], *entry[1:]] for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [(*entry[:2], "srt_launcher/\0.py", *entry[3:]) for entry in held["run"]]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [*held["run"][:-1], (*held["run"][-1][:5], b"\xff")]}),
+        lambda data: _respoil(data, lambda held: {**held, "run": [*held["run"][:-1], (*held["run"][-1][:5], marshal.dumps("print(1)"))]}),
+        lambda data: _respoil(data, lambda held: ["engine", "run"]),
     ],
-    ids=["truncated", "empty", "other-magic", "other-shape", "garbage"],
+    ids=["truncated", "empty", "other-magic", "other-shape", "garbage", "section-not-a-list", "entry-too-short", "entry-not-a-tuple", "unhashable-name", "nul-in-path", "code-not-marshal", "code-not-code", "held-not-a-dict"],
 )
 def test_an_image_that_cannot_be_read_is_not_used(package, spoil):
     image = _image(package)
@@ -194,3 +211,37 @@ def test_the_no_image_option_makes_a_launch_import_as_usual(package):
 def test_no_image_no_difference(package):
     _image(package).unlink()
     _unused(package)
+
+
+# Writes the image the way scripts/direct-start does, under umask 0, and
+# notes the mode of the temporary file whenever it is chmod-ed or renamed:
+# the moments after its content was written and before it became the image.
+WRITE_UNDER_UMASK_0 = """
+import os, stat, sys
+sys.path[:0] = sys.argv[1].split(":")
+from srt_launcher import _preload
+temporary = f"{_preload._IMAGE}.{os.getpid()}"
+seen = []
+def hook(event, args):
+    if event in ("os.chmod", "os.rename") and os.path.lexists(temporary):
+        seen.append(stat.S_IMODE(os.lstat(temporary).st_mode))
+sys.addaudithook(hook)
+os.umask(0)
+_preload.write()
+print(" ".join(oct(mode) for mode in seen), oct(stat.S_IMODE(os.stat(_preload._IMAGE).st_mode)), oct(stat.S_IMODE(os.stat(os.path.dirname(_preload._IMAGE)).st_mode)))
+"""
+
+
+def test_the_image_is_never_writable_by_others_even_under_umask_0(package):
+    # Attack: direct-start (make setup) run by root under umask 0 (or 002 with
+    # a hostile group). Another user who opens the temporary file for writing
+    # before it is renamed keeps that descriptor: through it, they rewrite the
+    # image every later launch runs, root's included. Nor may the __pycache__
+    # it creates be open to them.
+    shutil.rmtree(package / "srt_launcher" / "__pycache__")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", WRITE_UNDER_UMASK_0, f"{package}:{DEPENDENCIES}"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (0, "")
+    *during, final, directory = result.stdout.split()
+    assert during, "the hook saw the temporary file"
+    assert all(int(mode, 8) & 0o022 == 0 for mode in during), during
+    assert (final, directory) == ("0o644", "0o755")
