@@ -455,7 +455,20 @@ def prepared_only_when_repeated(spec: dict) -> dict:
     deadline = time.monotonic() + 10
     while len(children_of(launcher)) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
-    return {"after_one": after_one, "after_two": len(children_of(launcher))}
+    children = children_of(launcher)
+    # What each child is (state, command line): the evidence when the count is off.
+    return {"after_one": after_one, "after_two": len(children), "children": [_process_state(pid) for pid in children]}
+
+
+def _process_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return f"{pid} gone"
+    return f"{pid} {state} {cmdline}"
 
 
 @scenario
