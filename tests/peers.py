@@ -181,3 +181,14 @@ class Tinyproxy:
     def stop(self) -> None:
         stop(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def make_video(path: Path, size: str = "320x240", seconds: int = 1, audio: bool = False) -> Path:
+    """An H.264 test pattern made by ffmpeg (with a sine tone if ``audio``),
+    readable by every uid: the real upload ffprobe and the examples read."""
+    argv = ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc=duration={seconds}:size={size}:rate=10"]
+    if audio:
+        argv += ["-f", "lavfi", "-i", "sine", "-shortest"]
+    subprocess.run([*argv, "-pix_fmt", "yuv420p", str(path)], check=True, timeout=120)
+    path.chmod(0o644)
+    return path

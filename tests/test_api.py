@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import api_scenarios
+import peers
 from conftest import Launcher, lingering, processes_with, scratch_dir
 
 SCENARIO_SOURCE = Path(api_scenarios.__file__).read_text()
@@ -364,11 +365,7 @@ def media(tmp_path_factory) -> dict:
     """A real video made with ffmpeg, a truncated copy and a text file, readable by everyone."""
     directory = Path(tempfile.mkdtemp(prefix="srt-api-media-", dir="/tmp"))
     directory.chmod(0o755)
-    good = directory / "good.mp4"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=duration=1:size=320x240:rate=10", "-pix_fmt", "yuv420p", str(good)],
-        check=True, timeout=120,
-    )  # fmt: skip
+    good = peers.make_video(directory / "good.mp4")
     truncated = directory / "truncated.mp4"
     truncated.write_bytes(good.read_bytes()[:3000])
     text = directory / "notes.txt"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import peers
+
 from srt_launcher.api import elf
 
 INPUT = "/input/video.mp4"
@@ -28,10 +30,7 @@ def video() -> str:
     """One second of 64x64 test pattern and a sine tone, made by ffmpeg, readable by every uid."""
     directory = Path(tempfile.mkdtemp(prefix="srt-launcher-elf-", dir="/tmp"))
     directory.chmod(0o755)
-    out = directory / "video.mp4"
-    subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64",
-                    "-f", "lavfi", "-i", "sine", "-shortest", str(out)], check=True, timeout=120)
-    out.chmod(0o644)
+    out = peers.make_video(directory / "video.mp4", size="64x64", audio=True)
     yield str(out)
     shutil.rmtree(directory, ignore_errors=True)
 

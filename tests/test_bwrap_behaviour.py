@@ -17,13 +17,12 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Launcher, kill_leftovers, lingering, processes_with, sleep_marker, wait_for_sleeper
+from conftest import Launcher, kill_leftovers, lingering, processes_with, scratch_dir, sleep_marker, wait_for_sleeper
 
 TIMEOUT = 60
 SANDBOX = ("--ro-bind", "/", "/", "--dev", "/dev")
@@ -57,11 +56,9 @@ class Bwrap:
 
 @pytest.fixture
 def scratch(host_launcher: Launcher):  # type: ignore[no-untyped-def]
-    path = Path(tempfile.mkdtemp(prefix="srt-bwrap-test-", dir="/tmp"))
-    path.chmod(0o755)
-    os.chown(path, host_launcher.uid, host_launcher.gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    """A directory the caller owns, world-searchable."""
+    with scratch_dir(host_launcher, "srt-bwrap-test-") as path:
+        yield path
 
 
 def read_all(fd: int, timeout: float = TIMEOUT) -> bytes:

@@ -15,15 +15,13 @@ ambient capability sets.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from conftest import Launcher
+from conftest import Launcher, scratch_dir
 
 TIMEOUT = 60
 SANDBOX = "--ro-bind / / --dev /dev"
@@ -192,11 +190,8 @@ CASES = [
 @pytest.fixture
 def scratch(host_launcher: Launcher):  # type: ignore[no-untyped-def]
     """A directory the caller owns, world-searchable."""
-    path = Path(tempfile.mkdtemp(prefix="srt-bwrap-test-", dir="/tmp"))
-    path.chmod(0o755)
-    os.chown(path, host_launcher.uid, host_launcher.gid)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with scratch_dir(host_launcher, "srt-bwrap-test-") as path:
+        yield path
 
 
 def run_script(launcher: Launcher, bwrap: str, script: str, scratch: Path) -> tuple[int, str, str]:

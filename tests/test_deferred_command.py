@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 
-import pytest
 
 # Run by the venv's interpreter as the caller under test: forks a stub that
 # launches the description with a command fd, writes the command (or closes

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import peers
 from conftest import UNPRIVILEGED_GID, UNPRIVILEGED_UID, Launcher, lingering, scratch_dir, sleep_marker
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -56,11 +57,7 @@ def give(caller: Launcher, *paths: Path) -> None:
 def uploads() -> dict:
     directory = Path(tempfile.mkdtemp(prefix="srt-example-media-", dir="/tmp"))
     directory.chmod(0o755)
-    good = directory / "good.mp4"
-    subprocess.run(
-        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=duration=2:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(good)],
-        check=True, timeout=120,
-    )  # fmt: skip
+    good = peers.make_video(directory / "good.mp4", seconds=2)
     (directory / "truncated.mp4").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 3])
     (directory / "notes.txt").write_text("this is not a video\n")
     (directory / "a:b.mp4").write_bytes(good.read_bytes())  # a colon must not select a protocol

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import peers
 from conftest import SYSTEM, lingering, processes_with, wait_for_sleeper
 from test_run_usage import NothingLeftBehind, assert_usage_error, unique
 
@@ -471,13 +472,7 @@ def test_seccomp_fd_with_a_truncated_program_fails(launcher):
 
 
 def test_the_readme_ffprobe_launch_works_and_its_status_gives_the_verdict(launcher, shared_dir):
-    upload = shared_dir / "upload.mp4"
-    subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=1:size=64x64", "-f", "lavfi", "-i", "sine",
-         "-shortest", str(upload)],
-        check=True, timeout=60,
-    )
-    upload.chmod(0o644)
+    upload = peers.make_video(shared_dir / "upload.mp4", size="64x64", audio=True)
     options = [
         "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup", "--clearenv",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
