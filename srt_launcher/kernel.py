@@ -344,6 +344,14 @@ def close_fds_except(keep: list[int]) -> None:
     close_fds_from(start)
 
 
+def read_to_eof(fd: int) -> bytes:
+    """Everything ``fd`` gives until end of file (the fd stays open); OSError as read(2) fails."""
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def keep_above(fd: int, floor: int) -> int:
     """``fd``, renumbered at or above ``floor`` if below it (close-on-exec)."""
     if fd >= floor:

@@ -467,12 +467,10 @@ def _load(data: bytes) -> tuple:
 
 def _read_large(memfd: int) -> tuple:
     try:
-        chunks = []
-        while chunk := os.read(memfd, 1 << 20):
-            chunks.append(chunk)
+        data = kernel.read_to_eof(memfd)
     finally:
         os.close(memfd)
-    return _load(b"".join(chunks))
+    return _load(data)
 
 
 def _launch_request(request: tuple) -> tuple[bytes, list[str], float | None, str]:

@@ -476,17 +476,15 @@ def _splice(state: _Parse, option: str, args: list[str]) -> None:
 
 def _read_all(fd: int, what: str) -> bytes:
     """Everything ``fd`` holds, read to EOF, fd closed; a read error dies as ``WHAT: strerror``."""
-    chunks = []
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        data = kernel.read_to_eof(fd)
     except OSError as err:
         raise Die(f"{what}: {os.strerror(err.errno)}") from None
     try:
         os.close(fd)
     except OSError:
         pass
-    return b"".join(chunks)
+    return data
 
 
 # name: (values, what it does, help line) — in bubblewrap 0.11.1's --help order.

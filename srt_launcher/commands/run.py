@@ -9,7 +9,7 @@ like (``--setenv GREETING -h``).
 
 import os
 
-from srt_launcher import sandbox
+from srt_launcher import kernel, sandbox
 from srt_launcher.commands import values
 from srt_launcher.errors import SETUP_FAILED, LauncherError, report, write_stderr
 from srt_launcher.sandbox import Mount, Sandbox
@@ -160,14 +160,11 @@ def _caller_fd(option: str, text: str) -> int:
 
 def read_seccomp_program(fd: int, option: str) -> bytes:
     """A caller-compiled classic BPF program (struct sock_filter[]), read to EOF."""
-    chunks = []
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        program = kernel.read_to_eof(fd)
         os.close(fd)
     except OSError as err:
         raise LauncherError.from_os(option, f"fd {fd}", err) from None
-    program = b"".join(chunks)
     if not program or len(program) % 8:
         raise LauncherError(option, f"fd {fd}", "not a seccomp BPF program (size is not a multiple of 8 bytes)", SETUP_FAILED)
     return program

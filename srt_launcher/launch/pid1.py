@@ -360,13 +360,10 @@ def _decode_command(data: bytes, fd: int) -> tuple[list[str], float | None]:
 
 
 def _read_to_eof(fd: int, step: str) -> bytes:
-    chunks = []
     try:
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
+        return kernel.read_to_eof(fd)
     except OSError as err:
         raise LauncherError.from_os(step, str(fd), err) from None
-    return b"".join(chunks)
 
 
 def _write_all(fd: int, data: bytes) -> None:
