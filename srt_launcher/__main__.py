@@ -9,34 +9,45 @@ and help for them, goes through the click group.
 """
 
 import gc
-import os
+import posix
 import sys
 
-from srt_launcher import _preload
+from srt_launcher import _preload, _site
 
 SOCAT_NAMES = ("socat", "srt-socat")
 BWRAP_NAMES = ("bwrap", "srt-bwrap")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parent = os.getppid()  # first: the later this is read, the longer a dead parent goes unnoticed
+    parent = posix.getppid()  # first: the later this is read, the longer a dead parent goes unnoticed
+    _site.find_dependencies()
+    if "srt-launcher-write-image" in sys._xoptions:
+        # scripts/direct-start: the launch path's image (srt_launcher/_preload.py),
+        # written by the interpreter and the package this process runs.
+        from srt_launcher import _preload_writer
+
+        _preload_writer.write()
+        return 0
     args = list(sys.argv[1:] if argv is None else argv)
     program = sys.argv[0] if sys.argv and sys.argv[0] else "srt-launcher"
     # Multicall: the variable selected this program; the workload must not see it.
-    by_variable = os.environ.get("ARGV0") == "srt-launcher"
+    by_variable = posix.environ.get(b"ARGV0") == b"srt-launcher"
     if by_variable:
-        del os.environ["ARGV0"]
+        from srt_launcher import oslite
+
+        oslite.unsetenv("ARGV0")
     # The socat front end: by the name it was run under, or as a subcommand.
-    if argv is None and os.path.basename(sys.argv[0]) in SOCAT_NAMES:
+    if argv is None and sys.argv[0].rpartition("/")[2] in SOCAT_NAMES:
         _socat(args)
     if args and args[0] == "socat":
         _socat(args[1:])
     # The bubblewrap front end likewise (unless ARGV0 chose srt-launcher).
-    if argv is None and not by_variable and os.path.basename(program) in BWRAP_NAMES:
-        os._exit(_bwrap(args, program))
+    if argv is None and not by_variable and program.rpartition("/")[2] in BWRAP_NAMES:
+        posix._exit(_bwrap(args, program))
     if args and args[0] == "bwrap":
-        os._exit(_bwrap(args[1:], program + " bwrap"))
+        posix._exit(_bwrap(args[1:], program + " bwrap"))
     if args and args[0] == "run":
+        _preload.load(("signals",))
         from srt_launcher.launch import signals
 
         # Blocked before the imports below: a SIGTERM or ^C that lands while
@@ -50,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         collect_from_here()
         code = run.main(args[1:], caller_mask, parent)
         # Skip interpreter teardown (paid on every launch): the
-        # launcher writes only through os.write, so nothing is left to flush.
-        os._exit(code)
+        # launcher writes only through posix.write, so nothing is left to flush.
+        posix._exit(code)
     if args and args[0] == "relay":
         die_with_parent(parent)
     import click
@@ -84,9 +95,9 @@ def _socat(args: list[str]) -> None:
     from srt_launcher.commands import socat
 
     collect_from_here()
-    # os._exit: a pump thread may still be blocked after -t ended the
-    # transfer, and everything was written with os.write.
-    os._exit(socat.main(args))
+    # posix._exit: a pump thread may still be blocked after -t ended the
+    # transfer, and everything was written with posix.write.
+    posix._exit(socat.main(args))
 
 
 def collect_from_here() -> None:
@@ -111,14 +122,14 @@ def die_with_parent(parent: int) -> None:
 
     _prctl.prctl(_prctl.PR_SET_PDEATHSIG, 9)  # SIGKILL; the signal module is not loaded yet
     _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
-    if os.getppid() != parent:
-        os._exit(0)  # the parent died before PDEATHSIG was armed: nobody would ever end us
+    if posix.getppid() != parent:
+        posix._exit(0)  # the parent died before PDEATHSIG was armed: nobody would ever end us
 
 
 def _bwrap(args: list[str], program: str) -> int:
     # No signal is blocked here, unlike run: bubblewrap's process dies of a
     # SIGTERM (nothing is passed on to the sandbox), and so does this one.
-    _preload.load(("engine", "bwrap"))
+    _preload.load(("signals", "engine", "bwrap"))
     from srt_launcher.commands import bwrap
     from srt_launcher.launch import stub  # noqa: F401 (the engine bwrap.main launches with)
 

@@ -11,12 +11,25 @@ it finds it there. docs/performance.md has the figures.
 
 The image is an installation's cache, like a ``.pyc``: ``scripts/direct-start``
 (the fast start, run by ``make setup``) writes it into the package's
-``__pycache__``; an install without it imports as usual, one of the ways
-``load`` falls back without a word. It is used only when every module's
-source still has the size and modification time it had when the image was
-written, under the interpreter (bytecode magic) that wrote it: any other
-image is ignored as a whole, before a single module has run, and the launch
-imports what it needs the usual way.
+``__pycache__``, one file per section, so that a launch reads and decodes
+only the sections it runs (a plain launch not the relays, ``run`` not the
+bubblewrap parser). An install without it imports as usual, one of the ways
+``load`` falls back without a word. A section is used only when every
+module's source still has the size and modification time it had when the
+image was written, under the interpreter (bytecode magic) that wrote it: any
+other section is ignored as a whole, before a single module of it has run,
+and the launch imports what it needs the usual way.
+
+The code is compiled as ``-OO`` would (no docstrings, no asserts): nothing
+on the launch path reads a docstring or relies on an assert, and a smaller
+image is less to read, decode and keep in memory across the forks.
+
+The start is a section too: srt-launcher-boot runs this module itself from
+the loader's image (its compiled code, and the size and modification time
+of its source, checked by the boot), then ``start`` runs the package and
+``srt_launcher.__main__`` from the ``start`` section. None of the three goes
+through the import system, which costs more for them than the rest of the
+launch path's imports together.
 
 ``-X srt-launcher-no-image`` makes every launch import as usual: the
 modules then show in ``-X importtime``, which is how the tests check what
@@ -25,30 +38,42 @@ the launch path imports.
 
 import _imp
 import marshal
-import os
+import posix
 import sys
 
-# The sections a front end loads: the engine (what any launch may need,
-# relays included), then its parser. Each is the closure of its entry
-# modules, minus what an earlier section holds.
+# The sections: the signals and the engine (what every launch runs), the relays (loaded by
+# the stub for a launch with a network namespace), then each front end's
+# parser. Each is the closure of its entry modules, minus what an earlier
+# section holds.
 SECTIONS = {
+    # First, alone: run blocks the signals it holds for the workload before
+    # it loads the rest.
+    "signals": ("srt_launcher.launch.signals",),
     "engine": (
-        "srt_launcher.launch.signals",
         "srt_launcher.launch.stub",
         "srt_launcher.seccomp",
+    ),
+    "relays": (
         "srt_launcher.launch.network",
         "srt_launcher.relay.inside",
     ),
     "run": ("srt_launcher.commands.run",),
     "bwrap": ("srt_launcher.commands.bwrap",),
 }
+# The start section: what srt_launcher.__main__ needs, in order (the loader,
+# this module, is run by srt-launcher-boot itself).
+_START = ("srt_launcher", "srt_launcher._site", "srt_launcher.__main__")
+# What the front ends' parsers share with nothing else: each is recorded on
+# top of the engine and the relays, and forgotten before the next.
+_FRONT_ENDS = ("run", "bwrap")
 
-_PACKAGE = os.path.dirname(__file__)
+_PACKAGE = __file__.rpartition("/")[0]
 # The image names each module's source relative to the directory the
 # package is in: a copied or moved installation validates against, and
 # runs, its own sources, never those of the place it was copied from.
-_SITE = os.path.dirname(_PACKAGE)
-_IMAGE = os.path.join(_PACKAGE, "__pycache__", f"launch-path.{sys.implementation.cache_tag}.image")
+_SITE = _PACKAGE.rpartition("/")[0]
+_IMAGE = f"{_PACKAGE}/__pycache__/launch-path.{sys.implementation.cache_tag}.{{}}.image"
+_EXTENSION_SUFFIXES = tuple(_imp.extension_suffixes())
 _Module = type(sys)
 _Code = type((lambda: None).__code__)
 _bootstrap = sys.modules["_frozen_importlib"]
@@ -57,54 +82,79 @@ _external = sys.modules["_frozen_importlib_external"]
 
 def load(sections: tuple[str, ...], image: str = _IMAGE) -> bool:
     """Run the modules of ``sections`` from the image into ``sys.modules``
-    (those not imported yet); False, having run none, if the image is
-    missing, unreadable, out of date or of any other shape."""
+    (those not imported yet), section by section; False if a section's
+    image is missing, unreadable, out of date or of any other shape (its
+    modules, and those of the sections after it, are then imported as usual
+    when the launch needs them)."""
     if "srt-launcher-no-image" in sys._xoptions:
         return False
-    try:
-        modules = _read(image, sections)
-    except Exception:  # noqa: BLE001 - any bytes: a damaged image, another layout of it
-        return False
-    if modules is None:
-        return False
-    for name, package, path, code in modules:
-        if name not in sys.modules:  # a module of an import cycle, run by its partner's import
-            _run(name, package, path, code)
+    for section in sections:
+        try:
+            modules = _read(image.format(section))
+        except Exception:  # noqa: BLE001 - any bytes: a damaged image, another layout of it
+            return False
+        if modules is None:
+            return False
+        for name, package, path, code in modules:
+            if name in sys.modules:  # a module of an import cycle, run by its partner's import
+                continue
+            if package is None:
+                if not _load_extension(name, path):
+                    return False  # the rest is imported as usual
+            else:
+                _run(name, package, path, code)
     return True
 
 
-def _read(image: str, sections: tuple[str, ...]) -> list[tuple[str, bool, str, object]] | None:
-    """Every module of ``sections`` not imported yet, its code decoded, or
-    None if the image is missing or out of date. All of it is read and
-    checked before ``load`` runs any: an image that matches the magic but
-    holds anything else (damaged, or written in another layout by another
-    version of the package) raises here, so that nothing of it has run."""
+def _read(image: str) -> list[tuple[str, bool, str, object]] | None:
+    """Every module of one section's image not imported yet, its code
+    decoded, or None if the image is missing or out of date. All of it is
+    read and checked before ``load`` runs any: an image that matches the
+    magic but holds anything else (damaged, or written in another layout by
+    another version of the package) raises here, so that nothing of it has
+    run."""
     try:
-        with open(image, "rb") as handle:
-            magic, held = marshal.loads(handle.read())
+        magic, held = marshal.loads(_read_file(image))
     except OSError:
         return None
     if magic != _external.MAGIC_NUMBER:
         return None
     modules = []
-    for section in sections:
-        for name, package, source, mtime, size, code in held.get(section, ()):
-            if name in sys.modules:
-                continue
-            path = f"{_SITE}/{source}"
-            if not _unchanged(path, mtime, size):
-                return None
-            compiled = marshal.loads(code)
-            if not (type(name) is str and type(package) is bool and type(compiled) is _Code):
-                raise TypeError(f"not an image entry: {name!r}")
-            _imp._fix_co_filename(compiled, path)  # as for a pyc: the copy's path, not the writer's
-            modules.append((name, package, path, compiled))
+    for name, package, source, mtime, size, code in held:
+        if name in sys.modules:
+            continue
+        path = source if source.startswith("/") else f"{_SITE}/{source}"
+        if not _unchanged(path, mtime, size):
+            return None
+        if package is None and code == b"":
+            if not (type(name) is str and path.endswith(_EXTENSION_SUFFIXES)):
+                raise TypeError(f"not an extension module: {name!r}")
+            modules.append((name, None, path, None))  # a C extension module, loaded from where it was found
+            continue
+        compiled = marshal.loads(code)
+        if not (type(name) is str and type(package) is bool and type(compiled) is _Code):
+            raise TypeError(f"not an image entry: {name!r}")
+        _imp._fix_co_filename(compiled, path)  # as for a pyc: the copy's path, not the writer's
+        modules.append((name, package, path, compiled))
     return modules
+
+
+def _read_file(path: str) -> bytes:
+    """The whole file at ``path``, through posix alone (no buffered file
+    object to build for a file read in one go)."""
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := posix.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        posix.close(fd)
 
 
 def _unchanged(path: str, mtime: int, size: int) -> bool:
     try:
-        found = os.stat(path)
+        found = posix.stat(path)
     except OSError:
         return False
     return (found.st_mtime_ns, found.st_size) == (mtime, size)
@@ -123,106 +173,52 @@ def _run(name: str, package: bool, path: str, code: object) -> None:
     module.__file__ = path
     module.__package__ = name if package else parent
     if package:
-        module.__path__ = spec.submodule_search_locations = [os.path.dirname(path)]
+        module.__path__ = spec.submodule_search_locations = [path.rpartition("/")[0]]
     sys.modules[name] = module
     try:
         exec(code, module.__dict__)
     except BaseException:
         del sys.modules[name]
         raise
-    setattr(sys.modules[parent], child, module)
+    if parent:
+        setattr(sys.modules[parent], child, module)
 
 
-# ---------------------------------------------------------------- writing the image
-
-
-def write(image: str = _IMAGE) -> list[str]:
-    """Import every section's modules here, recording the order in which
-    their imports complete, and write the image; the names, in order.
-
-    Run in a fresh interpreter that has imported nothing of the package but
-    itself (srt-launcher-boot, ``-X srt-launcher-write-image``), so that each
-    section records everything it needs.
-    """
-    held: dict[str, list] = {}
-    for section, entries in SECTIONS.items():
-        done: list[str] = []
-        sys.meta_path.insert(0, _Recorder(done))
-        try:
-            for entry in entries:
-                __import__(entry)
-        finally:
-            sys.meta_path.pop(0)
-        held[section] = [_entry(name) for name in done]
-        if section != "engine":
-            _forget(done)  # the next front end's section holds what it shares with this one
-    data = marshal.dumps((_external.MAGIC_NUMBER, held))
-    temporary = f"{image}.{os.getpid()}"
-    # Whatever the umask (make setup under umask 0 or 002): another user who
-    # could open the temporary file for writing before the rename would keep
-    # that descriptor, and rewrite through it the image that every launch,
-    # root's included, runs. So the directory is never open to others, and
-    # the file is created exclusively (nothing planted at its name is
-    # followed), private, and made readable only once written.
-    os.makedirs(os.path.dirname(image), mode=0o755, exist_ok=True)
+def _load_extension(name: str, path: str) -> bool:
+    """What the import system would do for the C extension module at ``path``,
+    minus the search through every directory of ``sys.path`` before it;
+    False if it cannot be loaded."""
+    spec = _bootstrap.ModuleSpec(name, _external.ExtensionFileLoader(name, path), origin=path)
+    spec.has_location = True
     try:
-        os.unlink(temporary)  # left by a writer that died with this pid
-    except FileNotFoundError:
-        pass
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fchmod(handle.fileno(), 0o644)  # every caller reads it (uid 65534 too)
-    os.replace(temporary, image)
-    return [entry[0] for section in held.values() for entry in section]
+        _bootstrap._load(spec)
+    except ImportError:
+        return False
+    return True
 
 
-def _forget(names: list[str]) -> None:
-    for name in reversed(names):
-        del sys.modules[name]
-        parent, _, child = name.rpartition(".")
-        if hasattr(sys.modules.get(parent), child):
-            delattr(sys.modules[parent], child)
-
-
-def _entry(name: str) -> tuple[str, bool, str, int, int, bytes]:
-    module = sys.modules[name]
-    path = module.__spec__.origin
-    relative = os.path.relpath(path, _SITE)
-    if relative.startswith(".."):
-        raise ValueError(f"{name} is not under {_SITE}")
-    with open(path, "rb") as handle:
-        source = handle.read()
-    found = os.stat(path)
-    code = compile(source, path, "exec", dont_inherit=True)
-    return name, hasattr(module, "__path__"), relative, found.st_mtime_ns, found.st_size, marshal.dumps(code)
-
-
-class _Recorder:
-    """A meta path finder that finds nothing: it wraps the package's modules'
-    loaders to note each module once its code has run (post-order: a module
-    after everything it imports)."""
-
-    def __init__(self, done: list[str]) -> None:
-        self.done = done
-
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
-        if not name.startswith("srt_launcher."):
-            return None
-        spec = _external.PathFinder.find_spec(name, path, target)
-        if spec is not None:
-            spec.loader = _RecordingLoader(spec.loader, self.done)
-        return spec
-
-
-class _RecordingLoader:
-    def __init__(self, loader: object, done: list[str]) -> None:
-        self.loader = loader
-        self.done = done
-
-    def create_module(self, spec: object) -> object:
-        return self.loader.create_module(spec)  # type: ignore[attr-defined]
-
-    def exec_module(self, module: object) -> None:
-        self.loader.exec_module(module)  # type: ignore[attr-defined]
-        self.done.append(module.__name__)  # type: ignore[attr-defined]
+def start(this: object) -> bool:
+    """Run the package, ``_site`` and ``__main__`` from the ``start``
+    section, with ``this`` (this very module, which srt-launcher-boot ran
+    from the loader's image) as ``srt_launcher._preload``; False, having
+    run none, if the section is missing or out of date."""
+    if "srt-launcher-no-image" in sys._xoptions:
+        return False
+    try:
+        modules = _read(_IMAGE.format("start"))
+    except Exception:  # noqa: BLE001 - any bytes, as in load
+        return False
+    if modules is None or tuple(module[0] for module in modules) != _START:
+        return False
+    package, site, main = modules
+    _run(*package)
+    path = f"{_PACKAGE}/_preload.py"
+    this.__spec__ = _bootstrap.ModuleSpec(__name__, _external.SourceFileLoader(__name__, path), origin=path)
+    this.__spec__.has_location = True
+    this.__loader__ = this.__spec__.loader
+    this.__package__ = "srt_launcher"
+    sys.modules[__name__] = this
+    sys.modules["srt_launcher"]._preload = this
+    _run(*site)
+    _run(*main)
+    return True

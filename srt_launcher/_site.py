@@ -8,14 +8,31 @@ for a ``--user`` or system-wide install), or in a venv's own when the
 package went to a ``--prefix``. This adds those directories as ``site``
 would, but never the user site-packages and without reading a single
 ``.pth`` file: nothing a sandboxed command could plant in a home may run in
-the launcher. The boot imports this only when a dependency is not beside the
-package: the boot's own source is compiled on every launch, and this step
-(reading pyvenv.cfg, perhaps importing site) would be paid on each
-(docs/performance.md).
+the launcher. ``srt_launcher.__main__`` calls ``find_dependencies`` first:
+it costs a launch a few stat calls, and only an install whose dependencies
+are elsewhere pays for the rest (reading pyvenv.cfg, perhaps importing
+``site``, which imports ``os``).
 """
 
-import os
+import posix
 import sys
+
+# The dependencies of pyproject.toml, each by a module it installs (a file
+# or a directory): pip puts them beside the package unless it found them
+# installed elsewhere for this interpreter.
+DEPENDENCIES = ("click", "prctl.py", "pyseccomp.py", "pyroute2")
+
+
+def find_dependencies() -> None:
+    """Make the dependencies importable: if one is not beside the package,
+    add the interpreter's own site-packages (never the user's)."""
+    beside = __file__.rpartition("/")[0].rpartition("/")[0]
+    for dependency in DEPENDENCIES:
+        try:
+            posix.stat(f"{beside}/{dependency}")
+        except OSError:
+            add_interpreter_site_packages()
+            return
 
 
 def add_interpreter_site_packages() -> None:
@@ -27,6 +44,8 @@ def add_interpreter_site_packages() -> None:
 
 
 def _interpreter_site_packages() -> list[str]:
+    import os
+
     # A venv is recognised as site.venv() does: a pyvenv.cfg in the
     # interpreter's directory or the one above. Under -S, sys.prefix is still
     # the base installation's, so a venv's own directory is computed here.

@@ -11,7 +11,7 @@ and only the stub formats them: after pivot_root nothing may need an import
 (a codec, a module), and the caller's front end decides the wording.
 """
 
-import os
+import posix
 
 USAGE = 2
 SETUP_FAILED = 125
@@ -72,7 +72,7 @@ class LauncherError(Exception):
     def from_os(
         cls, step: str, value: str | None, err: OSError, exit_code: int = SETUP_FAILED, source: str | None = None
     ) -> "LauncherError":
-        reason = os.strerror(err.errno) if err.errno else str(err)
+        reason = posix.strerror(err.errno) if err.errno else str(err)
         return cls(step, value, reason, exit_code, errno=err.errno, source=source)
 
     @classmethod
@@ -134,7 +134,7 @@ def printable(value: str) -> str:
 def write_stderr(text: str) -> None:
     """One write(2): forked children share stderr and must not interleave."""
     try:
-        os.write(2, text.encode("utf-8", "surrogateescape"))
+        posix.write(2, text.encode("utf-8", "surrogateescape"))
     except OSError:
         pass
 

@@ -10,7 +10,8 @@ docs/performance.md). The handful of C types below are declared exactly as
 ``ctypes`` declares them.
 """
 
-import os
+import posix
+import sys
 
 import _ctypes
 
@@ -99,14 +100,6 @@ class _ULong(_ctypes._SimpleCData):
     _type_ = "L"
 
 
-class _UShort(_ctypes._SimpleCData):
-    _type_ = "H"
-
-
-class _U64(_ctypes._SimpleCData):
-    _type_ = "Q"
-
-
 class _Address(_ctypes._SimpleCData):
     _type_ = "P"  # void *
 
@@ -118,7 +111,7 @@ class _CString(_ctypes._SimpleCData):
 class _Program:
     """The running program and its libraries (dlopen(NULL)): where libc's symbols are."""
 
-    _handle = _ctypes.dlopen(None, os.RTLD_LOCAL)
+    _handle = _ctypes.dlopen(None, posix.RTLD_LOCAL)
 
 
 class _Function(_ctypes.CFuncPtr):
@@ -145,9 +138,13 @@ _setrlimit = _libc_function("setrlimit", _Int, (_Int, _CString))
 _getrusage = _libc_function("getrusage", _Int, (_Int, _Address))
 _wait4 = _libc_function("wait4", _Int, (_Int, _Address, _Int, _Address))
 _setns = _libc_function("setns", _Int, (_Int, _Int))
+_socketpair = _libc_function("socketpair", _Int, (_Int, _Int, _Int, _Address))
 _prctl = _libc_function("prctl", _Int, (_Int, _ULong, _ULong, _ULong, _ULong))
 
-MACHINE = os.uname().machine
+MACHINE = posix.uname().machine
+# os.fsencode's encoding: a str path as the kernel sees it.
+_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ERRORS = sys.getfilesystemencodeerrors()
 MACHINE_BYTEORDER = "little" if MACHINE in ("x86_64", "aarch64") else "big"
 
 
@@ -161,12 +158,14 @@ def _syscall_number(name: str) -> int:
 def _check(result: int, *what: str) -> int:
     if result < 0:
         errno = _ctypes.get_errno()
-        raise OSError(errno, os.strerror(errno), *what)
+        raise OSError(errno, posix.strerror(errno), *what)
     return result
 
 
-def _path(value: str | None) -> bytes | None:
-    return None if value is None else os.fsencode(value)
+def _path(value: str | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return value.encode(_FS_ENCODING, _FS_ERRORS)
 
 
 def unshare(flags: int) -> None:
@@ -252,8 +251,14 @@ def move_mount_onto_fd(source: str, target_fd: int) -> None:
     _check(_syscall(number, AT_FDCWD, _path(source), target_fd, b"", MOVE_MOUNT_T_EMPTY_PATH), source)
 
 
-class _MountAttr(_ctypes.Structure):
-    _fields_ = [("attr_set", _U64), ("attr_clr", _U64), ("propagation", _U64), ("userns_fd", _U64)]
+def _mount_attr(attr_set: int) -> bytes:
+    """struct mount_attr: attr_set, attr_clr, propagation, userns_fd (__u64 each).
+
+    The kernel's structs are built as bytes, here and below, rather than
+    declared as ctypes Structures: the first Structure a process declares
+    costs more than the syscalls it serves, on every launch.
+    """
+    return b"".join(value.to_bytes(8, MACHINE_BYTEORDER) for value in (attr_set, 0, 0, 0))
 
 
 def mount_setattr_add_recursive(target: str, ms_flags: int) -> None:
@@ -268,51 +273,49 @@ def mount_setattr_add_recursive(target: str, ms_flags: int) -> None:
             attr_set |= attr
     if ms_flags & ~(MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC):
         raise OSError(22, "only ro, nosuid, nodev and noexec can be added this way", target)
-    attr = _MountAttr(attr_set, 0, 0, 0)
+    attr = _mount_attr(attr_set)
     number = _syscall_number("mount_setattr")
-    _check(_syscall(number, AT_FDCWD, _path(target), AT_RECURSIVE, _ctypes.byref(attr), _ctypes.sizeof(attr)), target)
+    _check(_syscall(number, AT_FDCWD, _path(target), AT_RECURSIVE, attr, len(attr)), target)
 
 
 def has_mount_setattr() -> bool:
     """Whether mount_setattr(2) can be called here: an empty call on no fd
     fails with EBADF where it exists, ENOSYS (old kernel) or EPERM (a
     container policy that does not know it) where it cannot be used."""
-    attr = _MountAttr(0, 0, 0, 0)
+    attr = _mount_attr(0)
     number = _syscall_number("mount_setattr")
-    if _syscall(number, -1, b"", AT_EMPTY_PATH, _ctypes.byref(attr), _ctypes.sizeof(attr)) >= 0:
+    if _syscall(number, -1, b"", AT_EMPTY_PATH, attr, len(attr)) >= 0:
         return True
     return _ctypes.get_errno() not in (38, 1)  # ENOSYS, EPERM
 
 
-class _CapHeader(_ctypes.Structure):
-    _fields_ = [("version", _UInt), ("pid", _Int)]
-
-
-class _CapData(_ctypes.Structure):
-    _fields_ = [("effective", _UInt), ("permitted", _UInt), ("inheritable", _UInt)]
-
-
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
+# struct __user_cap_header_struct: version (__u32), pid (int) 0 for this thread.
+_CAP_HEADER = _LINUX_CAPABILITY_VERSION_3.to_bytes(4, MACHINE_BYTEORDER) + bytes(4)
+# struct __user_cap_data_struct[2]: effective, permitted, inheritable (__u32
+# each), the low 32 capabilities' words, then the high ones'.
+_CAP_DATA_SIZE = 2 * 3 * 4
+
+
+def _u32(value: int) -> bytes:
+    return (value & 0xFFFFFFFF).to_bytes(4, MACHINE_BYTEORDER)
 
 
 def capset(effective: int, permitted: int, inheritable: int) -> None:
     """Set this thread's capability sets (64-bit masks, the v3 ABI's two words each)."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    for word in range(2):
-        shift = 32 * word
-        data[word].effective = (effective >> shift) & 0xFFFFFFFF
-        data[word].permitted = (permitted >> shift) & 0xFFFFFFFF
-        data[word].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    _check(_syscall(_syscall_number("capset"), _ctypes.byref(header), _ctypes.byref(data)))
+    data = b"".join(_u32(mask >> shift) for shift in (0, 32) for mask in (effective, permitted, inheritable))
+    _check(_syscall(_syscall_number("capset"), _CAP_HEADER, data))
 
 
 def capget_effective() -> int:
     """This thread's effective capability set, as a 64-bit mask."""
-    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_syscall(_syscall_number("capget"), _ctypes.byref(header), _ctypes.byref(data)))
-    return data[0].effective | (data[1].effective << 32)
+    data = _RusageBuffer()  # any buffer of at least _CAP_DATA_SIZE bytes
+    # The header goes in a buffer of its own: capget writes the version it
+    # prefers back into it when it does not know the one given.
+    header = _RusageBuffer.from_buffer_copy(_CAP_HEADER.ljust(_RUSAGE_SIZE, b"\0"))
+    _check(_syscall(_syscall_number("capget"), header, data))  # arrays: passed as pointers
+    raw = data.raw[:_CAP_DATA_SIZE]
+    return int.from_bytes(raw[0:4], MACHINE_BYTEORDER) | (int.from_bytes(raw[12:16], MACHINE_BYTEORDER) << 32)
 
 
 def capset_clear() -> None:
@@ -334,12 +337,29 @@ def prctl_capbset_drop(cap: int) -> None:
     _check(_prctl(PR_CAPBSET_DROP, cap, 0, 0, 0))
 
 
+AF_UNIX = 1
+SOCK_SEQPACKET = 5
+SOCK_CLOEXEC = posix.O_CLOEXEC
+
+
+def socketpair_seqpacket() -> tuple[int, int]:
+    """socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC): two connected
+    descriptors, each write() on one a single record read() gets whole on
+    the other. As bare descriptors: the ``_socket`` module costs a launch
+    more than the call (launch/report.py loads it when a launch needs its
+    records' senders)."""
+    fds = _RusageBuffer()  # int[2], in a buffer large enough
+    _check(_socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, _ctypes.addressof(fds)))
+    raw = fds.raw
+    return int.from_bytes(raw[0:4], MACHINE_BYTEORDER, signed=True), int.from_bytes(raw[4:8], MACHINE_BYTEORDER, signed=True)
+
+
 def close_fds_except(keep: list[int]) -> None:
     """Close every descriptor above 2 but those in ``keep``."""
     start = 3
     for fd in sorted(set(fd for fd in keep if fd >= 3)):
         if fd > start:
-            os.closerange(start, fd)
+            posix.closerange(start, fd)
         start = fd + 1
     close_fds_from(start)
 
@@ -347,7 +367,7 @@ def close_fds_except(keep: list[int]) -> None:
 def read_to_eof(fd: int) -> bytes:
     """Everything ``fd`` gives until end of file (the fd stays open); OSError as read(2) fails."""
     chunks = []
-    while chunk := os.read(fd, 65536):
+    while chunk := posix.read(fd, 65536):
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -361,24 +381,18 @@ def keep_above(fd: int, floor: int) -> int:
     try:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def close_fds_from(first: int) -> None:
-    """close_range(first, ~0U, 0); os.closerange is the fallback for kernels before 5.9."""
+    """close_range(first, ~0U, 0); posix.closerange is the fallback for kernels before 5.9."""
     try:
         _check(_syscall(_syscall_number("close_range"), _UInt(first), _UInt(0xFFFFFFFF), 0))
     except OSError:
-        os.closerange(first, os.sysconf("SC_OPEN_MAX"))
+        posix.closerange(first, posix.sysconf("SC_OPEN_MAX"))
 
 
 SECCOMP_SET_MODE_FILTER = 1
-
-
-class _SockFprog(_ctypes.Structure):
-    # filter is a char * to the program's own bytes (the kernel copies it in):
-    # no ctypes array type to build and no copy.
-    _fields_ = [("len", _UShort), ("filter", _CString)]
 
 
 class SeccompProgram:
@@ -391,15 +405,19 @@ class SeccompProgram:
     tty filter is installed on every launch.
     """
 
-    __slots__ = ("_fprog", "_pointer")
+    __slots__ = ("_filter", "_fprog")
 
     def __init__(self, program: bytes) -> None:
         if not program or len(program) % 8 or len(program) // 8 > 0xFFFF:
             raise OSError(22, "a seccomp program is 1 to 65535 sock_filter entries of 8 bytes")
-        self._fprog = _SockFprog(len(program) // 8, bytes(program))
-        self._pointer = _ctypes.byref(self._fprog)
+        # struct sock_fprog: len (unsigned short), then, aligned as a pointer,
+        # filter: the address of the program's own bytes (the kernel copies
+        # them in), which self._filter keeps alive.
+        self._filter = _CString(bytes(program))
+        address = _Address.from_address(_ctypes.addressof(self._filter)).value
+        self._fprog = (len(program) // 8).to_bytes(2, MACHINE_BYTEORDER).ljust(_WORD, b"\0") + address.to_bytes(_WORD, MACHINE_BYTEORDER)
 
 
 def seccomp_set_filter(program: SeccompProgram) -> None:
     """seccomp(SECCOMP_SET_MODE_FILTER, 0, program): stacked on any filter already installed."""
-    _check(_syscall(_syscall_number("seccomp"), SECCOMP_SET_MODE_FILTER, 0, program._pointer))
+    _check(_syscall(_syscall_number("seccomp"), SECCOMP_SET_MODE_FILTER, 0, program._fprog))

@@ -14,10 +14,10 @@ pyseccomp (SPEC §4), and nothing beyond os, sys and modules run.py
 has already loaded.
 """
 
-import os
+import posix
 import sys
 
-from srt_launcher import kernel
+from srt_launcher import kernel, oslite
 from srt_launcher.errors import LauncherError
 
 STEP = "seccomp"
@@ -30,10 +30,10 @@ _MACHINES = ("x86_64", "aarch64")
 # These two kill every foreign ABI: a 32-bit process could not run under them.
 _KILLS_FOREIGN_ABIS = (UNIX_BLOCK, HARDEN)
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE = oslite.dirname(oslite.abspath(__file__))
 # An installed wheel has the blobs as package data (pyproject maps bpf/ to
 # srt_launcher/_bpf); a source checkout has them in bpf/ beside the package.
-_BLOB_DIRS = (os.path.join(_PACKAGE, "_bpf"), os.path.join(os.path.dirname(_PACKAGE), "bpf"))
+_BLOB_DIRS = (oslite.join(_PACKAGE, "_bpf"), oslite.join(oslite.dirname(_PACKAGE), "bpf"))
 
 
 def _unsupported(name: str, machine: str) -> LauncherError:
@@ -65,10 +65,9 @@ def load_filter(name: str) -> bytes:
         raise LauncherError(STEP, machine, "a 32-bit Python cannot run under the 64-bit seccomp filter")
     blob = f"{name}.{machine}.bpf"
     for directory in _BLOB_DIRS:
-        path = os.path.join(directory, blob)
+        path = oslite.join(directory, blob)
         try:
-            with open(path, "rb") as handle:
-                program = handle.read()
+            program = _read_file(path)
         except FileNotFoundError:
             continue
         except OSError as err:
@@ -76,7 +75,15 @@ def load_filter(name: str) -> bytes:
         if not program or len(program) % 8:
             raise LauncherError(STEP, path, "not a seccomp BPF program (size is not a multiple of 8 bytes)")
         return program
-    raise LauncherError(STEP, os.path.join(_BLOB_DIRS[0], blob), "filter missing from the installation")
+    raise LauncherError(STEP, oslite.join(_BLOB_DIRS[0], blob), "filter missing from the installation")
+
+
+def _read_file(path: str) -> bytes:
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
+    try:
+        return kernel.read_to_eof(fd)
+    finally:
+        posix.close(fd)
 
 
 def prepare(program: bytes) -> kernel.SeccompProgram:

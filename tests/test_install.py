@@ -35,6 +35,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, UNPRIVILEGED_GID, UNPRIVILEGED_UID, VENV
+from conftest import ROOT, UNPRIVILEGED_GID, UNPRIVILEGED_UID, VENV, scratch_dir
 
 CALLERS = ("root", "unprivileged")
 FORMS = ("make-setup", "venv", "user", "prefix", "system")
@@ -279,25 +280,66 @@ def test_make_setup_commands_start_without_a_shell():
         assert (VENV / "bin" / command).stat().st_ino == boot.stat().st_ino, command
 
 
-@pytest.mark.parametrize("command", ("srt-launcher", "srt-bwrap"))
-def test_make_setup_launches_run_the_launch_path_from_its_image(command, host_launcher):
+@pytest.mark.parametrize(
+    ("command", "launch"),
+    [
+        ("srt-launcher", ["run", "--ro-bind", "/", "/", "--", "/bin/true"]),
+        ("srt-launcher", ["run", "--unshare-net", "--relay", "3128", "PROXY", "--ro-bind", "/", "/", "--", "/bin/true"]),
+        ("srt-bwrap", ["--ro-bind", "/", "/", "/bin/true"]),
+        ("srt-bwrap", ["--unshare-net", "--ro-bind", "/", "/", "/bin/true"]),
+    ],
+    ids=["run", "run-relay", "bwrap", "bwrap-net"],
+)
+def test_make_setup_launches_run_the_launch_path_from_its_image(command, launch, host_launcher):
     """make setup's fast start also writes the launch path's image
-    (srt_launcher/_preload.py): a launch through either front end runs its
-    engine from it, and the import system loads none of those modules. For
-    uid 65534 in a checkout it cannot enter, the venv is a copy elsewhere
+    (srt_launcher/_preload.py): a launch through either front end runs all
+    of it from there, from the package's own start on (srt-launcher-boot
+    runs the image's loader), and the import system loads none of those
+    modules, nor the C extension modules the engine needs. For uid 65534
+    in a checkout it cannot enter, the venv is a copy elsewhere
     (conftest.relocate_venv): the image holds paths relative to the
     package, so the copy runs its own code from its own image."""
-    bindir = Path(host_launcher.argv_prefix[0]).parent
-    launch = ["run", "--ro-bind", "/", "/", "--", "/bin/true"] if command == "srt-launcher" else ["--ro-bind", "/", "/", "/bin/true"]
-    argv = [str(bindir / "python3"), "-I", "-S", "-X", "importtime", "-X", f"srt-launcher-argv0={bindir / command}", str(bindir / "srt-launcher-boot"), *launch]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **host_launcher.process_kwargs())
+    imported = _imports_of_a_launch(host_launcher, command, launch, [])
+    assert "encodings" in imported  # importtime saw the interpreter's own imports
+    assert not [name for name in imported if name.startswith("srt_launcher")], imported
+    assert not {"_ctypes", "_prctl", "os"} & set(imported), imported
+
+
+@pytest.mark.parametrize(
+    ("command", "launch", "socket"),
+    [
+        ("srt-launcher", ["run", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "/bin/true"], False),
+        ("srt-launcher", ["run", "--unshare-net", "--relay", "3128", "PROXY", "--seccomp-unix-block", "--ro-bind", "/", "/", "--", "/bin/true"], True),
+        ("srt-bwrap", ["--unshare-pid", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "/bin/true"], False),
+        ("srt-bwrap", ["--unshare-all", "--ro-bind", "/", "/", "--info-fd", "1", "/bin/true"], True),
+    ],
+    ids=["run", "run-relay", "bwrap", "bwrap-status"],
+)
+def test_a_launch_never_imports_os(command, launch, socket, host_launcher):
+    """The launch path calls posix, not os (srt_launcher/oslite.py): os.py's
+    import costs every launch about a millisecond. Nor does a launch that
+    needs no socket (no network namespace, no record senders) import
+    _socket. Without the image, so that importtime sees every import."""
+    imported = _imports_of_a_launch(host_launcher, command, launch, ["-X", "srt-launcher-no-image"])
+    assert "srt_launcher.launch.stub" in imported  # importtime saw the launch path
+    assert not {"os", "posixpath", "_collections_abc"} & set(imported), imported
+    assert ("_socket" in imported) == socket, imported
+
+
+def _imports_of_a_launch(launcher, command: str, launch: list[str], options: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+    """The modules the import system loaded for one launch (-X importtime),
+    started as make setup's commands start; PROXY in ``launch`` is a
+    listening Unix socket."""
+    bindir = Path(launcher.argv_prefix[0]).parent
+    with scratch_dir(launcher, "imports-") as scratch, socket.socket(socket.AF_UNIX) as proxy:
+        proxy.bind(str(scratch / "proxy.sock"))
+        proxy.listen()
+        os.chmod(scratch / "proxy.sock", 0o777)
+        launch = [str(scratch / "proxy.sock") if word == "PROXY" else word for word in launch]
+        argv = [str(bindir / "python3"), "-I", "-S", "-X", "importtime", *options, "-X", f"srt-launcher-argv0={bindir / command}", str(bindir / "srt-launcher-boot"), *launch]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, **launcher.process_kwargs())
     assert result.returncode == 0, result.stderr
-    imported = re.findall(r"\| +(srt_launcher[\w.]*)$", result.stderr, re.MULTILINE)
-    assert "srt_launcher._preload" in imported  # importtime saw the package's imports
-    # The entry point and, for run, what blocks the launch signals before
-    # anything else is loaded; all the rest came from the image.
-    before_the_image = {"srt_launcher", "srt_launcher._preload", "srt_launcher.__main__", "srt_launcher.launch", "srt_launcher.launch.signals"}
-    assert set(imported) <= before_the_image, imported
+    return re.findall(r"\| +([\w.]+)$", result.stderr, re.MULTILINE)
 
 
 @pytest.fixture(scope="module")

@@ -263,16 +263,16 @@ def test_help_is_printed_without_click(launcher) -> None:
 
 def test_the_socat_path_imports_no_click_pyroute2_or_pyseccomp(launcher) -> None:
     """SPEC §4: the socat front end is a launch path. The modules loaded by the
-    time it exits (os._exit, replaced here to list them first)."""
+    time it exits (posix._exit, replaced here to list them first)."""
     probe = textwrap.dedent(
         """
-        import os, sys
-        real_exit = os._exit
+        import posix, sys
+        real_exit = posix._exit
         def listing_exit(status):
             sys.stdout.write(" ".join(sorted(sys.modules)))
             sys.stdout.flush()
             real_exit(status)
-        os._exit = listing_exit
+        posix._exit = listing_exit
         sys.argv = ["socat", "-t", "1", "UNIX-CONNECT:/nonexistent", "-"]
         from srt_launcher import __main__
         __main__.main()

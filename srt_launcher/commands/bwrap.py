@@ -26,11 +26,11 @@ line (``<3>`` in front with ``--level-prefix``); the engine's failures are
 worded as bubblewrap words the same failure, in :func:`wording`.
 """
 
-import os
+import posix
 
 import _signal
 
-from srt_launcher import kernel, sandbox
+from srt_launcher import kernel, oslite, sandbox
 from srt_launcher.errors import LauncherError, write_stderr
 from srt_launcher.sandbox import Mount, Sandbox
 
@@ -469,7 +469,7 @@ def _splice(state: _Parse, option: str, args: list[str]) -> None:
     # bubblewrap drops it: only argv's command runs.
     state.in_file = True
     try:
-        _parse_words(state, [os.fsdecode(word) for word in words])
+        _parse_words(state, [oslite.fsdecode(word) for word in words])
     finally:
         state.in_file = False
 
@@ -479,9 +479,9 @@ def _read_all(fd: int, what: str) -> bytes:
     try:
         data = kernel.read_to_eof(fd)
     except OSError as err:
-        raise Die(f"{what}: {os.strerror(err.errno)}") from None
+        raise Die(f"{what}: {posix.strerror(err.errno)}") from None
     try:
-        os.close(fd)
+        posix.close(fd)
     except OSError:
         pass
     return data
@@ -602,7 +602,7 @@ def _write(fd: int, text: str) -> None:
     data = text.encode("utf-8", "surrogateescape")
     try:
         while data:
-            data = data[os.write(fd, data) :]
+            data = data[posix.write(fd, data) :]
     except OSError:
         pass
 
@@ -661,9 +661,9 @@ def _new_state(program: str) -> _Parse:
     # effective set is where --cap-add/--cap-drop start; anyone else starts
     # from nothing, and must have nothing (no file capabilities).
     caps = kernel.capget_effective()
-    if os.getuid() != 0 and caps:
+    if posix.getuid() != 0 and caps:
         raise Die("Unexpected capabilities but not setuid, old file caps config?")
-    return _Parse(program, caps if os.getuid() == 0 else 0)
+    return _Parse(program, caps if posix.getuid() == 0 else 0)
 
 
 def _parse_state(state: _Parse, argv: list[str]) -> "Sandbox | int":
@@ -700,16 +700,16 @@ def _validate(state: _Parse) -> None:
     if box.disable_userns and box.userns_block_fd is not None:
         raise Die("--disable-userns is not compatible with  --userns-block-fd")
     # Not setuid and not root: a user namespace is the only way in.
-    if os.getuid() != 0 and box.userns_fd is None:
+    if posix.getuid() != 0 and box.userns_fd is None:
         state.unshare_user = True
     if state.unshare_user_try and not state.unshare_user:
         from srt_launcher.launch import namespaces
 
         state.unshare_user = namespaces.user_namespaces_available()
     joined = box.userns_fd is not None
-    if not state.unshare_user and not joined and box.uid is not None and box.uid != os.getuid():
+    if not state.unshare_user and not joined and box.uid is not None and box.uid != posix.getuid():
         raise Die("Specifying --uid requires --unshare-user or --userns")
-    if not state.unshare_user and not joined and box.gid is not None and box.gid != os.getgid():
+    if not state.unshare_user and not joined and box.gid is not None and box.gid != posix.getgid():
         raise Die("Specifying --gid requires --unshare-user or --userns")
     if box.hostname is not None and not box.uts:
         raise Die("Specifying --hostname requires --unshare-uts")
@@ -717,7 +717,7 @@ def _validate(state: _Parse) -> None:
         raise Die("Specifying --as-pid-1 requires --unshare-pid")
     if state.as_pid_1 and box.lock_files:
         raise Die("Specifying --as-pid-1 and --lock-file is not permitted")
-    if state.unshare_cgroup and not os.path.exists("/proc/self/ns/cgroup"):
+    if state.unshare_cgroup and not oslite.exists("/proc/self/ns/cgroup"):
         raise Die("Cannot create new cgroup namespace because the kernel does not support it")
 
 
@@ -924,7 +924,7 @@ def main(argv: list[str], program: str = "bwrap") -> int:
         box = result
         from srt_launcher.launch import stub
 
-        return stub.launch(box, caller_mask, os.getppid())
+        return stub.launch(box, caller_mask, posix.getppid())
     except LauncherError as err:
         write_stderr(message(err, state is not None and state.level_prefix, box))
         return FAILURE

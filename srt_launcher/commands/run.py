@@ -7,9 +7,9 @@ semantic) and may repeat; an option's value is a value, whatever it looks
 like (``--setenv GREETING -h``).
 """
 
-import os
+import posix
 
-from srt_launcher import kernel, sandbox
+from srt_launcher import kernel, oslite, sandbox
 from srt_launcher.commands import values
 from srt_launcher.errors import SETUP_FAILED, LauncherError, report, write_stderr
 from srt_launcher.sandbox import Mount, Sandbox
@@ -34,7 +34,7 @@ class _Parse:
 def _absolute(option: str, path: str) -> str:
     if not path.startswith("/"):
         raise _usage(f"{option}: path must be absolute", path)
-    return os.path.normpath(path) if path != "/" else "/"
+    return oslite.normpath(path) if path != "/" else "/"
 
 
 def _flag(name: str, value: object):  # type: ignore[no-untyped-def]
@@ -152,7 +152,7 @@ def _caller_fd(option: str, text: str) -> int:
     if fd is None or fd < 3:
         raise _usage(f"{option}: expected a file descriptor number of 3 or more", text)
     try:
-        os.fstat(fd)
+        posix.fstat(fd)
     except OSError:
         raise _usage(f"{option}: not an open file descriptor", text) from None
     return fd
@@ -162,7 +162,7 @@ def read_seccomp_program(fd: int, option: str) -> bytes:
     """A caller-compiled classic BPF program (struct sock_filter[]), read to EOF."""
     try:
         program = kernel.read_to_eof(fd)
-        os.close(fd)
+        posix.close(fd)
     except OSError as err:
         raise LauncherError.from_os(option, f"fd {fd}", err) from None
     if not program or len(program) % 8:
@@ -280,7 +280,7 @@ def _finish(state: _Parse) -> Sandbox:
 def write_stdout(text: str) -> None:
     data = text.encode()
     while data:
-        data = data[os.write(1, data) :]
+        data = data[posix.write(1, data) :]
 
 
 def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | None = None) -> int:
@@ -292,7 +292,7 @@ def main(argv: list[str], caller_mask: set[int] | None = None, parent: int | Non
     if caller_mask is None:
         caller_mask = signals.block_launch_signals()
     if parent is None:
-        parent = os.getppid()
+        parent = posix.getppid()
     try:
         box = parse(argv)
         if box is None:

@@ -8,9 +8,9 @@ prints the caller, not root.
 """
 
 import errno
-import os
+import posix
 
-from srt_launcher import kernel, sandbox
+from srt_launcher import kernel, oslite, sandbox
 from srt_launcher.errors import LauncherError
 
 _NAMES = (
@@ -36,7 +36,7 @@ class Identity:
     __slots__ = ("uid", "gid", "outer_uid", "outer_gid", "write_maps")
 
     def __init__(self, box: sandbox.Sandbox) -> None:
-        self.outer_uid, self.outer_gid = os.getuid(), os.getgid()
+        self.outer_uid, self.outer_gid = posix.getuid(), posix.getgid()
         self.uid = self.outer_uid if box.uid is None else box.uid
         self.gid = self.outer_gid if box.gid is None else box.gid
         self.write_maps = box.userns_block_fd is None
@@ -71,8 +71,8 @@ def switch_ids(identity: Identity) -> None:
     where they differ from the caller's, as bubblewrap does for --userns
     (uid first: a non-zero uid has no CAP_SETGID left, as in bubblewrap)."""
     for name, wanted, caller, call in (
-        ("uid", identity.uid, identity.outer_uid, os.setuid),
-        ("gid", identity.gid, identity.outer_gid, os.setgid),
+        ("uid", identity.uid, identity.outer_uid, posix.setuid),
+        ("gid", identity.gid, identity.outer_gid, posix.setgid),
     ):
         if wanted != caller:
             try:
@@ -83,7 +83,7 @@ def switch_ids(identity: Identity) -> None:
 
 def user_namespaces_available() -> bool:
     """bubblewrap's --unshare-user-try test: the kernel has them and they are not disabled."""
-    if not os.path.exists("/proc/self/ns/user"):
+    if not oslite.exists("/proc/self/ns/user"):
         return False
     if _read("/sys/module/user_namespace/parameters/enable").startswith(b"N"):  # RHEL 7's switch
         return False
@@ -109,7 +109,7 @@ def map_ids(uid: int, outer_uid: int, gid: int, outer_gid: int, proc: str = "/pr
 
 def _write_proc(path: str, text: str, proc_fd: int | None, missing_ok: bool = False) -> None:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        fd = posix.open(path, posix.O_WRONLY | posix.O_CLOEXEC, dir_fd=proc_fd)
     except FileNotFoundError:
         if missing_ok:
             return
@@ -117,8 +117,8 @@ def _write_proc(path: str, text: str, proc_fd: int | None, missing_ok: bool = Fa
     except OSError as err:
         raise LauncherError.from_os("user namespace", path, err) from None
     try:
-        os.write(fd, text.encode())
+        posix.write(fd, text.encode())
     except OSError as err:
         raise LauncherError.from_os("user namespace", f"{path} <- {text.strip()}", err) from None
     finally:
-        os.close(fd)
+        posix.close(fd)

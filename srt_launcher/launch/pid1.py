@@ -9,13 +9,12 @@ nothing may need an import and the stub's front end words the message.
 """
 
 import errno
-import os
+import posix
 import time
 
 import _signal
-import _socket
 
-from srt_launcher import kernel, privileges, sandbox
+from srt_launcher import kernel, oslite, privileges, sandbox
 from srt_launcher.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND, SETUP_FAILED, LauncherError
 from srt_launcher.launch import namespaces, report, signals
 from srt_launcher.mount import ops, root
@@ -35,7 +34,7 @@ class Plan:
     """What the stub prepared for PID 1: everything read or resolved before
     any namespace existed, so PID 1 and the worker only apply it."""
 
-    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "host_root", "command_pipe", "fd_floor")
+    __slots__ = ("box", "steps", "programs", "env", "cwd", "tty", "caller_mask", "alive", "channel", "status", "senders", "host_root", "command_pipe", "fd_floor")
 
     def __init__(self, box: sandbox.Sandbox, steps: list, programs: list[kernel.SeccompProgram], env: dict, cwd: str | None, tty: str | None, caller_mask: set) -> None:
         self.box = box
@@ -46,11 +45,13 @@ class Plan:
         self.tty = tty
         self.caller_mask = caller_mask
         self.alive: int = -1  # read end of the stub's pipe: EOF once the stub is gone
-        self.channel: _socket.socket | None = None
+        self.channel = -1  # the children's end of the record channel (launch/report.py)
         self.status = box.json_status_fd is not None  # the stub wants the N, W and X records
+        # The stub needs the records' senders: PID 1's and the worker's pids, as it numbers them.
+        self.senders = self.status or box.info_fd is not None
         # Whether the workload may be the host's uid 0: a root caller (its
         # uid is mapped onto itself), or a user namespace of the caller's.
-        self.host_root = os.getuid() == 0 or box.userns_fd is not None
+        self.host_root = posix.getuid() == 0 or box.userns_fd is not None
         self.command_pipe: int | None = None  # a prepared worker reads its command here (from PID 1)
         self.fd_floor = above_caller_fds(box)  # where the launcher's own lasting descriptors go
 
@@ -79,7 +80,7 @@ def main(plan: Plan) -> None:
     except BaseException as err:  # never unwind into the stub's code
         report.send_error(plan.channel, LauncherError("internal error", None, repr(err)))
     finally:
-        os._exit(code)
+        posix._exit(code)
 
 
 def _pid1(plan: Plan) -> int:
@@ -91,7 +92,7 @@ def _pid1(plan: Plan) -> int:
         if _stub_is_gone(plan.alive, wait=False):
             return SETUP_FAILED
     if box.new_session:
-        os.setsid()  # no controlling terminal (TIOCSTI itself: the tty filter, launch/stub.py)
+        posix.setsid()  # no controlling terminal (TIOCSTI itself: the tty filter, launch/stub.py)
     # Only the stub writes the status fds: a copy held here would keep their
     # reader from seeing the end of the info document, and a caller that
     # reads it to the end before writing our uid map (--userns-block-fd)
@@ -100,18 +101,18 @@ def _pid1(plan: Plan) -> int:
     _unshare_mount_namespace(plan)
     if box.userns_block_fd is not None and _stub_is_gone(plan.alive, wait=True):
         return SETUP_FAILED  # the stub waited for the caller's uid maps, then died
-    os.close(plan.alive)
-    caller_umask = os.umask(0)  # mount points are created with exact modes
+    posix.close(plan.alive)
+    caller_umask = posix.umask(0)  # mount points are created with exact modes
     if box.hostname is not None:
         _set_hostname(box.hostname)
     _import_what_the_sandbox_needs(box, plan.status)
-    proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    proc_fd = posix.open("/proc", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
     try:
         # A PID namespace joined (--pidns) gets its own procfs too, as in bubblewrap.
         root.build(plan.steps, plan.tty, box.pid or box.pidns_fd is not None, plan.host_root)
         _switch_user_namespace(box, proc_fd)
     finally:
-        os.close(proc_fd)
+        posix.close(proc_fd)
     _close_operation_fds(box)
     locks = _take_locks(box.lock_files, plan.fd_floor)
     _set_capabilities_for_the_worker(box)
@@ -130,7 +131,7 @@ def _pid1(plan: Plan) -> int:
         # bounding set may be out of reach, CAP_SETPCAP not being kept).
         kernel.clear_ambient_capabilities()
         kernel.capset_clear()
-    kernel.close_fds_except([plan.channel.fileno(), *locks, *([box.sync_fd] if box.sync_fd is not None else [])])
+    kernel.close_fds_except([plan.channel, *locks, *([box.sync_fd] if box.sync_fd is not None else [])])
     return _supervise(plan, worker, started)
 
 
@@ -138,7 +139,7 @@ def _close_status_fds(box: sandbox.Sandbox) -> None:
     for fd in (box.info_fd, box.json_status_fd):
         if fd is not None:
             try:
-                os.close(fd)
+                posix.close(fd)
             except OSError:
                 pass
 
@@ -156,27 +157,27 @@ def _enter_nested_pid_namespace(plan: Plan) -> None:
     """
     try:
         kernel.unshare(kernel.CLONE_NEWPID)
-        child = os.fork()
+        child = posix.fork()
     except OSError as err:
         raise LauncherError.from_os("unshare", "pid", err) from None
     if child == 0:
         return
     if plan.box.die_with_parent:
         privileges.set_parent_death_signal(_signal.SIGKILL)
-    plan.channel.close()
+    posix.close(plan.channel)
     kernel.close_fds_from(3)  # nothing of the caller's is held here
     while True:
         try:
-            _, status = os.waitpid(child, 0)
+            _, status = posix.waitpid(child, 0)
             break
         except InterruptedError:
             continue
-    if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
+    if posix.WIFSIGNALED(status):
+        signum = posix.WTERMSIG(status)
         _signal.signal(signum, _signal.SIG_DFL)
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, (signum,))
-        os.kill(os.getpid(), signum)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+        posix.kill(posix.getpid(), signum)
+    posix._exit(posix.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
@@ -184,14 +185,16 @@ def _import_what_the_sandbox_needs(box: sandbox.Sandbox, status: bool) -> None:
     host's Python library may not be there to import from."""
     if box.lock_files:
         import fcntl  # noqa: F401
+    if status:
+        import _socket  # noqa: F401 (the worker's record, launch/report.py send_worker_started)
 
 
 def _stub_is_gone(alive: int, wait: bool) -> bool:
     """EOF on the pipe the stub holds: it died (before PDEATHSIG was armed,
     or while PID 1 waited for it)."""
-    os.set_blocking(alive, wait)
+    posix.set_blocking(alive, wait)
     try:
-        return os.read(alive, 1) == b""
+        return posix.read(alive, 1) == b""
     except BlockingIOError:
         return False
 
@@ -208,6 +211,8 @@ def _unshare_mount_namespace(plan: Plan) -> None:
 
 
 def _set_hostname(name: str) -> None:
+    import _socket
+
     try:
         _socket.sethostname(name)
     except OSError as err:
@@ -235,13 +240,13 @@ def _disable_user_namespaces(box: sandbox.Sandbox, proc_fd: int) -> None:
     # The limit is per user namespace: set in ours, then a nested one is
     # entered, whose workload cannot raise its parent's limit again. Our ids
     # are read first: in the new namespace, unmapped, they read as 65534.
-    uid, gid = os.getuid(), os.getgid()
+    uid, gid = posix.getuid(), posix.getgid()
     try:
-        fd = os.open("sys/user/max_user_namespaces", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        fd = posix.open("sys/user/max_user_namespaces", posix.O_WRONLY | posix.O_CLOEXEC, dir_fd=proc_fd)
         try:
-            os.write(fd, b"1")
+            posix.write(fd, b"1")
         finally:
-            os.close(fd)
+            posix.close(fd)
         kernel.unshare(kernel.CLONE_NEWUSER)
     except OSError as err:
         raise LauncherError.from_os("disable-userns", "user.max_user_namespaces = 1", err) from None
@@ -262,7 +267,7 @@ def _close_operation_fds(box: sandbox.Sandbox) -> None:
     for mount in box.mounts:
         if mount.fd is not None:
             try:
-                os.close(mount.fd)
+                posix.close(mount.fd)
             except OSError:
                 pass
 
@@ -278,7 +283,7 @@ def _take_locks(paths: list[str], floor: int) -> list[int]:
     held = []
     for path in paths:
         try:
-            fd = kernel.keep_above(os.open(path, os.O_RDONLY | os.O_CLOEXEC), floor)
+            fd = kernel.keep_above(posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC), floor)
         except OSError as err:
             raise LauncherError.from_os("lock-file", path, err) from None
         try:
@@ -304,11 +309,11 @@ def wait_for_byte(fd: int) -> None:
     close it (--block-fd, --userns-block-fd). As bubblewrap: a descriptor
     that cannot be read (not open, a pipe's write end) holds nothing up."""
     try:
-        os.read(fd, 1)
+        posix.read(fd, 1)
     except OSError:
         pass
     try:
-        os.close(fd)  # closed even when unreadable: it must not reach the workload
+        posix.close(fd)  # closed even when unreadable: it must not reach the workload
     except OSError:
         pass
 
@@ -323,23 +328,23 @@ def _fork_worker(plan: Plan, caller_umask: int) -> int:
     copy-on-write faults of a Python child (≈1 ms, measured).
     """
     box = plan.box
-    pipe = os.pipe2(os.O_CLOEXEC) if box.command_fd is not None else None
-    worker = os.fork()
+    pipe = posix.pipe2(posix.O_CLOEXEC) if box.command_fd is not None else None
+    worker = posix.fork()
     if worker == 0:
         if pipe is not None:
-            os.close(pipe[1])
-            os.close(box.command_fd)  # type: ignore[arg-type]
+            posix.close(pipe[1])
+            posix.close(box.command_fd)  # type: ignore[arg-type]
             plan.command_pipe = pipe[0]
         _worker(plan, caller_umask)
     if pipe is not None:
-        os.close(pipe[0])
+        posix.close(pipe[0])
         try:
             data = _read_to_eof(box.command_fd, "command fd")  # type: ignore[arg-type]
             box.command, box.timeout = _decode_command(data, box.command_fd)  # type: ignore[arg-type]
             _write_all(pipe[1], data)
         finally:
-            os.close(box.command_fd)  # type: ignore[arg-type]
-            os.close(pipe[1])
+            posix.close(box.command_fd)  # type: ignore[arg-type]
+            posix.close(pipe[1])
             box.command_fd = None
     return worker
 
@@ -349,7 +354,7 @@ def _read_command(fd: int) -> tuple[list[str], float | None]:
     try:
         return _decode_command(_read_to_eof(fd, "command fd"), fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _decode_command(data: bytes, fd: int) -> tuple[list[str], float | None]:
@@ -370,7 +375,7 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[posix.write(fd, view) :]
     except OSError as err:  # the worker is gone: its status tells
         if err.errno != errno.EPIPE:
             raise LauncherError.from_os("command fd", "worker", err) from None
@@ -379,14 +384,14 @@ def _write_all(fd: int, data: bytes) -> None:
 def _enter_working_dir(chdir: str | None, cwd: str | None, home: str | None) -> str:
     if chdir is not None:
         try:
-            os.chdir(chdir)
+            posix.chdir(chdir)
         except OSError as err:
             raise LauncherError.from_os("chdir", chdir, err) from None
         return chdir
     for candidate in (cwd, home, "/"):
         if candidate:
             try:
-                os.chdir(candidate)
+                posix.chdir(candidate)
                 return candidate
             except OSError:
                 continue
@@ -398,7 +403,7 @@ def _enter_working_dir(chdir: str | None, cwd: str | None, home: str | None) -> 
 
 def _supervise(plan: Plan, worker: int, started: float) -> int:
     box = plan.box
-    wait = _Wait4() if plan.status else os.waitpid
+    wait = _Wait4() if plan.status else posix.waitpid
     supervisor = signals.Supervisor(worker, forward=box.forward_signals, wait=wait)
     deadline = None if box.timeout is None else started + box.timeout
     status = supervisor.run(deadline, time.monotonic)
@@ -408,7 +413,7 @@ def _supervise(plan: Plan, worker: int, started: float) -> int:
         code, end = TIMEOUT_STATUS, ("timeout", 0, "")
     else:
         code = signals.exit_status(status)
-        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        signum = posix.WTERMSIG(status) if posix.WIFSIGNALED(status) else 0
         end = ("signaled" if signum else "exited", signum, "")
         if box.linger:
             # bubblewrap's PID 1: the launch ends now, the sandbox when the
@@ -426,7 +431,7 @@ def _supervise(plan: Plan, worker: int, started: float) -> int:
 def _reap_until_none_is_left() -> None:
     while True:
         try:
-            os.waitpid(-1, 0)
+            posix.waitpid(-1, 0)
         except ChildProcessError:
             return
         except InterruptedError:
@@ -440,7 +445,7 @@ class _Wait4:
         self.usage: dict = {}
 
     def __call__(self, pid: int, options: int) -> tuple[int, int]:
-        child, status, usage = kernel.wait4(pid, options)  # ECHILD: ChildProcessError, as os.waitpid
+        child, status, usage = kernel.wait4(pid, options)  # ECHILD: ChildProcessError, as posix.waitpid
         if child:
             self.usage[child] = usage
         return child, status
@@ -452,9 +457,9 @@ def _kill_everything() -> None:
     # Anywhere else (no PID namespace of our own: bubblewrap's reaper for
     # --sync-fd or --lock-file) it would reach every process of the
     # caller's uid on the host: then only our own children are reaped.
-    if os.getpid() == 1:
+    if posix.getpid() == 1:
         try:
-            os.kill(-1, _signal.SIGKILL)
+            posix.kill(-1, _signal.SIGKILL)
         except OSError:
             pass
     _reap_until_none_is_left()
@@ -499,7 +504,7 @@ def _worker(plan: Plan, caller_umask: int) -> None:
             report.send_worker_started(plan.channel)
         _restore_default_signals()
         _close_launcher_fds(plan)
-        os.umask(caller_umask)
+        posix.umask(caller_umask)
         _set_rlimits(box.rlimits)
         if plan.command_pipe is not None:
             # Before the filters: a caller's filter may refuse read().
@@ -515,7 +520,7 @@ def _worker(plan: Plan, caller_umask: int) -> None:
     except BaseException as err:
         report.send_error(plan.channel, LauncherError("internal error", None, repr(err)))
     finally:
-        os._exit(code)
+        posix._exit(code)
 
 
 def _restore_default_signals() -> None:
@@ -537,7 +542,7 @@ def _close_launcher_fds(plan: Plan) -> None:
     """Nothing of the launcher's (pipes, the /proc handle) reaches the workload;
     the caller's own descriptors only where the front end passes them on."""
     box = plan.box
-    keep = [plan.channel.fileno()]  # close-on-exec: here until exec succeeds, for an error record
+    keep = [plan.channel]  # close-on-exec: here until exec succeeds, for an error record
     if plan.command_pipe is not None:
         keep.append(plan.command_pipe)
     if box.inherit_fds:
@@ -547,7 +552,7 @@ def _close_launcher_fds(plan: Plan) -> None:
         for fd in spent:
             if fd is not None:
                 try:
-                    os.close(fd)
+                    posix.close(fd)
                 except OSError:
                     pass
         return
@@ -589,12 +594,12 @@ def exec_command(argv: list[str], env: dict[str, str], argv0: str | None = None)
         candidates = [name]
     else:
         path = env.get("PATH", "/usr/local/bin:/usr/bin:/bin")
-        candidates = [os.path.join(directory or ".", name) for directory in path.split(":")]
+        candidates = [oslite.join(directory or ".", name) for directory in path.split(":")]
     denied: OSError | None = None
     last: OSError | None = None
     for candidate in candidates:
         try:
-            os.execve(candidate, args, env)
+            posix.execve(candidate, args, env)
         except OSError as err:
             if err.errno == errno.ENOEXEC:
                 _exec_as_shell_script(candidate, args, env)
@@ -611,6 +616,6 @@ def exec_command(argv: list[str], env: dict[str, str], argv0: str | None = None)
 
 def _exec_as_shell_script(path: str, args: list[str], env: dict[str, str]) -> None:
     try:
-        os.execve("/bin/sh", ["/bin/sh", path, *args[1:]], env)
+        posix.execve("/bin/sh", ["/bin/sh", path, *args[1:]], env)
     except OSError:
         pass  # no shell inside: the original ENOEXEC is reported

@@ -2,7 +2,10 @@
 
 The channel is a SOCK_SEQPACKET pair made by the stub before any fork (one
 message per record, written with one call): PID 1 and the worker send
-records, the stub reads them. As in CPython's subprocess, a failure in a
+records, the stub reads them. Both ends are bare descriptors, written and
+read with posix; the ``_socket`` module (whose import costs a launch more
+than everything else here) is loaded only by a launch that needs the
+records' senders, for its status or info fd. As in CPython's subprocess, a failure in a
 child comes back as data, so an exec failure is never confused with the
 program's own exit status, and only the stub formats messages.
 
@@ -17,11 +20,10 @@ The status records themselves are launch/status.py's, loaded only when a
 status fd is given.
 """
 
-import os
+import posix
 import sys
 
-import _socket
-
+from srt_launcher import kernel
 from srt_launcher.errors import LauncherError
 
 MOUNT_NAMESPACE = b"N"
@@ -35,60 +37,91 @@ _UCRED_SIZE = 12
 _MAX_RECORD = 65536
 
 
-def channel(floor: int = 3) -> tuple[_socket.socket, _socket.socket]:
+def channel(floor: int = 3, senders: bool = False) -> tuple[int, int]:
     """(stub end, children's end), numbered from ``floor`` (launch/pid1.py,
-    above_caller_fds); the stub's end accepts credentials."""
-    ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
-    if min(ours.fileno(), theirs.fileno()) < floor:
-        from srt_launcher import kernel
+    above_caller_fds), the stub's end non-blocking; with ``senders``, the
+    stub's end accepts credentials (see ``receive``)."""
+    ours, theirs = (kernel.keep_above(end, floor) for end in kernel.socketpair_seqpacket())
+    if senders:
+        import _socket
 
-        ours, theirs = (_socket.socket(fileno=kernel.keep_above(end.detach(), floor)) for end in (ours, theirs))
-    ours.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
-    ours.setblocking(False)
+        end = _socket.socket(fileno=ours)
+        try:
+            end.setsockopt(_socket.SOL_SOCKET, _socket.SO_PASSCRED, 1)
+        finally:
+            end.detach()
+    posix.set_blocking(ours, False)
     return ours, theirs
 
 
-def send(sock: _socket.socket, kind: bytes, payload: bytes = b"") -> None:
-    """Send one record; a stub that is gone cannot be told anything."""
+def send(fd: int, kind: bytes, payload: bytes = b"") -> None:
+    """Send one record (one write: one message); a stub that is gone cannot be told anything."""
     try:
-        sock.send(kind + payload)
+        posix.write(fd, kind + payload)
     except OSError:
         pass
 
 
-def send_error(sock: _socket.socket, err: LauncherError) -> None:
-    send(sock, ERROR, err.encode())
+def send_error(fd: int, err: LauncherError) -> None:
+    send(fd, ERROR, err.encode())
 
 
-def send_worker_started(sock: _socket.socket) -> None:
-    credentials = b"".join(value.to_bytes(4, sys.byteorder) for value in (os.getpid(), os.getuid(), os.getgid()))
+def send_worker_started(fd: int) -> None:
+    import _socket
+
+    credentials = b"".join(value.to_bytes(4, sys.byteorder) for value in (posix.getpid(), posix.getuid(), posix.getgid()))
+    end = _socket.socket(fileno=fd)
     try:
-        sock.sendmsg([WORKER], [(_socket.SOL_SOCKET, _socket.SCM_CREDENTIALS, credentials)])
+        end.sendmsg([WORKER], [(_socket.SOL_SOCKET, _socket.SCM_CREDENTIALS, credentials)])
     except OSError:
         pass
+    finally:
+        end.detach()
 
 
-def receive(sock: _socket.socket, block: bool = False) -> list[tuple[bytes, bytes, int | None]]:
+def receive(fd: int, block: bool = False, senders: bool = False) -> list[tuple[bytes, bytes, int | None]]:
     """Every record waiting: (kind, payload, sender pid or None); with
-    ``block``, the next record (a blocking socket), or none at EOF.
+    ``block``, the next record (on a blocking end), or none at EOF.
 
-    The stub's end has SO_PASSCRED: the kernel attaches every sender's
-    pid, numbered in the stub's PID namespace, whether it sent them or not.
+    With ``senders`` (a channel made with them), each record comes with its
+    sender's pid, numbered in the stub's PID namespace: the kernel attaches
+    it to every message, whether the sender sent credentials or not.
     """
+    if senders:
+        return _receive_with_senders(fd, block)
     records: list[tuple[bytes, bytes, int | None]] = []
     while not (block and records):
         try:
-            data, ancillary, _, _ = sock.recvmsg(_MAX_RECORD, _socket.CMSG_SPACE(_UCRED_SIZE))
+            data = posix.read(fd, _MAX_RECORD)
         except (BlockingIOError, InterruptedError):
             return records
         if not data:
             return records
-        sender = None
-        for level, kind, value in ancillary:
-            if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(value) >= _UCRED_SIZE:
-                sender = int.from_bytes(value[:4], sys.byteorder, signed=True)
-        records.append((data[:1], data[1:], sender))
+        records.append((data[:1], data[1:], None))
     return records
+
+
+def _receive_with_senders(fd: int, block: bool) -> list[tuple[bytes, bytes, int | None]]:
+    import _socket
+
+    end = _socket.socket(fileno=fd)
+    records: list[tuple[bytes, bytes, int | None]] = []
+    try:
+        while not (block and records):
+            try:
+                data, ancillary, _, _ = end.recvmsg(_MAX_RECORD, _socket.CMSG_SPACE(_UCRED_SIZE))
+            except (BlockingIOError, InterruptedError):
+                return records
+            if not data:
+                return records
+            sender = None
+            for level, kind, value in ancillary:
+                if level == _socket.SOL_SOCKET and kind == _socket.SCM_CREDENTIALS and len(value) >= _UCRED_SIZE:
+                    sender = int.from_bytes(value[:4], sys.byteorder, signed=True)
+            records.append((data[:1], data[1:], sender))
+        return records
+    finally:
+        end.detach()
 
 
 class End:
@@ -124,7 +157,7 @@ class End:
 
 def namespaces_of_pid1() -> bytes:
     """The payload of PID 1's MOUNT_NAMESPACE record: its mount and PID namespaces."""
-    return b"%d %d" % (os.stat("/proc/self/ns/mnt").st_ino, os.stat("/proc/self/ns/pid").st_ino)
+    return b"%d %d" % (posix.stat("/proc/self/ns/mnt").st_ino, posix.stat("/proc/self/ns/pid").st_ino)
 
 
 def parse_namespaces_of_pid1(payload: bytes) -> tuple[int | None, int | None]:

@@ -13,7 +13,7 @@ lost: it stays pending until taken.
 on every launch (SPEC §4).
 """
 
-import os
+import posix
 
 import _signal
 
@@ -41,7 +41,7 @@ def block_launch_signals() -> set[int]:
 
 def exit_status(wait_status: int) -> int:
     """The launcher's exit status for a child's wait status: N, or 128+S if killed by S."""
-    code = os.waitstatus_to_exitcode(wait_status)
+    code = posix.waitstatus_to_exitcode(wait_status)
     return 128 - code if code < 0 else code
 
 
@@ -52,13 +52,13 @@ class Supervisor:
     not waited for: their own disposition applies). ``on_other_exit(pid)``:
     another child was reaped. ``on_io()``: SIGIO arrived; a true result ends
     the wait (STOPPED). ``wait``: a
-    function (pid, options) -> (pid, status) — os.waitpid, or a wait4 that
+    function (pid, options) -> (pid, status) — posix.waitpid, or a wait4 that
     keeps the child's resource usage.
     """
 
     __slots__ = ("child", "waited", "on_other_exit", "on_io", "wait")
 
-    def __init__(self, child: int, forward: bool = True, on_other_exit=None, on_io=None, wait=os.waitpid) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, child: int, forward: bool = True, on_other_exit=None, on_io=None, wait=posix.waitpid) -> None:  # type: ignore[no-untyped-def]
         self.child = child
         self.waited = (FORWARDED if forward else ()) + (_signal.SIGCHLD,) + ((SIGIO,) if on_io else ())
         self.on_other_exit = on_other_exit
@@ -85,7 +85,7 @@ class Supervisor:
                 if self.on_io():
                     return STOPPED
             elif signum != _signal.SIGCHLD:
-                os.kill(self.child, signum)
+                posix.kill(self.child, signum)
             else:
                 status = self._reap()
                 if status is not None:
@@ -94,7 +94,7 @@ class Supervisor:
     def _reap(self) -> int | None:
         while True:
             try:
-                pid, status = self.wait(-1, os.WNOHANG)
+                pid, status = self.wait(-1, posix.WNOHANG)
             except ChildProcessError:
                 return None
             if pid == 0:

@@ -6,7 +6,7 @@ the launch path; and this module itself is loaded only when a status fd is
 given.
 """
 
-import os
+import posix
 
 from srt_launcher.errors import LauncherError
 from srt_launcher.launch.report import End
@@ -68,7 +68,7 @@ def namespace_ids(names: list[str], mount_namespace: int | None, pid_namespace: 
             continue
         path = "/proc/self/ns/" + ("pid_for_children" if name == "pid" else name)
         try:
-            ids[f"{name}-namespace"] = os.stat(path).st_ino
+            ids[f"{name}-namespace"] = posix.stat(path).st_ino
         except OSError:
             continue  # as bubblewrap: what cannot be read is not written
     return ids
@@ -97,4 +97,4 @@ def end_fields(code: int, end: "End | None", error: LauncherError | None) -> dic
 def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[posix.write(fd, view) :]

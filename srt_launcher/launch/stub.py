@@ -5,12 +5,12 @@ enters the network namespace (relays are forked there), then the PID and the
 other namespaces, forks PID 1, and waits for it while passing signals on.
 """
 
-import os
-import stat
+import posix
 
 import _signal
+import _stat
 
-from srt_launcher import kernel, privileges, sandbox
+from srt_launcher import _preload, kernel, oslite, privileges, sandbox
 from srt_launcher.errors import SETUP_FAILED, LauncherError
 from srt_launcher.launch import namespaces, pid1, report, signals
 from srt_launcher.mount import ops
@@ -32,7 +32,7 @@ def launch(box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> int:
 
 
 class _Stub:
-    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "pid_ns", "pid1", "command_status", "_alive")
+    __slots__ = ("box", "caller_mask", "parent", "relays", "live_relays", "channel", "records", "started", "ended", "mount_ns", "pid_ns", "pid1", "command_status", "senders", "_alive")
 
     def __init__(self, box: sandbox.Sandbox, caller_mask: set[int], parent: int) -> None:
         self.box = box
@@ -40,7 +40,8 @@ class _Stub:
         self.parent = parent
         self.relays: list[int] = []
         self.live_relays: set[int] = set()
-        self.channel = None
+        self.channel = -1  # the stub's end of the record channel (launch/report.py)
+        self.senders = False  # the channel passes the records' senders
         self.records: list = []
         self.started = False  # the first status record is written
         self.ended = False  # the last one is
@@ -62,14 +63,15 @@ class _Stub:
         privileges.set_no_new_privs()
         if box.die_with_parent:
             privileges.set_parent_death_signal(_signal.SIGKILL)
-            if os.getppid() != self.parent:
+            if posix.getppid() != self.parent:
                 # The caller died before PDEATHSIG was armed, so it will never fire:
                 # end as if it had.
                 return 128 + _signal.SIGKILL
         plan.steps = plan_mounts(box.mounts, box.source_ids)
         plan.programs = _seccomp_programs(box.seccomp)
         plan.env = environment(box.env)
-        self.channel, plan.channel = report.channel(plan.fd_floor)
+        self.channel, plan.channel = report.channel(plan.fd_floor, plan.senders)
+        self.senders = plan.senders
         try:
             pid = self._enter_namespaces_and_fork(plan)
         except BaseException:
@@ -100,19 +102,20 @@ class _Stub:
         # Non-dumpable: /proc/PID of PID 1 (and the relays) belongs to root and
         # cannot be ptraced by a workload of the same uid (SPEC §2.2).
         privileges.set_undumpable()
-        alive_read, alive_write = (kernel.keep_above(fd, plan.fd_floor) for fd in os.pipe2(os.O_CLOEXEC))
-        pid = os.fork()
+        alive_read, alive_write = (kernel.keep_above(fd, plan.fd_floor) for fd in posix.pipe2(posix.O_CLOEXEC))
+        pid = posix.fork()
         if pid == 0:
-            os.close(alive_write)
-            self.channel.close()
+            posix.close(alive_write)
+            posix.close(self.channel)
             plan.alive = alive_read
             pid1.main(plan)
-        os.close(alive_read)
-        plan.channel.close()
+        posix.close(alive_read)
+        posix.close(plan.channel)
         self._alive = alive_write
         return pid
 
     def _loopback_and_relays(self) -> None:
+        _preload.load(("relays",))  # only a launch with a network namespace reads them
         from srt_launcher.launch import network
 
         network.bring_up_loopback()
@@ -135,11 +138,11 @@ class _Stub:
             self.write_start(self.pid1 or pid)
         if box.userns_block_fd is not None:
             pid1.wait_for_byte(box.userns_block_fd)
-            os.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
+            posix.write(self._alive, b"\0")  # the caller has written the maps: PID 1 goes on
         if wants_worker or box.linger:
             _notify_on_records(self.channel)
             self._on_records()
-        _close_caller_fds(box, [self.channel.fileno(), self._alive, *_optional(box.json_status_fd)])
+        _close_caller_fds(box, [self.channel, self._alive, *_optional(box.json_status_fd)])
         privileges.drop_all_capabilities()
         supervisor = signals.Supervisor(
             pid, forward=box.forward_signals, on_other_exit=self.live_relays.discard,
@@ -149,7 +152,7 @@ class _Stub:
         # A lingering PID 1 told how the command ended: that is the launch's end.
         status = self.command_status if waited == signals.STOPPED else signals.exit_status(waited)
         self._kill_relays()
-        os.close(self._alive)
+        posix.close(self._alive)
         return self._outcome(status, pid)
 
     def _outcome(self, status: int, pid: int) -> int:
@@ -169,7 +172,7 @@ class _Stub:
 
     def _on_records(self) -> bool:
         """Take the records waiting; True once the command's exit was reported."""
-        for record in report.receive(self.channel):
+        for record in report.receive(self.channel, senders=self.senders):
             kind, payload, sender = record
             if kind == report.COMMAND_EXITED:
                 self.command_status = int(payload) if payload.isdigit() else None
@@ -207,10 +210,10 @@ class _Stub:
         channel passes credentials): with --pidns and --unshare-pid it is
         not the process we forked.
         """
-        self.channel.setblocking(True)
+        posix.set_blocking(self.channel, True)
         try:
             while self.mount_ns is None:
-                received = report.receive(self.channel, block=True)
+                received = report.receive(self.channel, block=True, senders=self.senders)
                 if not received:
                     return
                 for record in received:
@@ -222,7 +225,7 @@ class _Stub:
                 if self.mount_ns is not None:
                     return
         finally:
-            self.channel.setblocking(False)
+            posix.set_blocking(self.channel, False)
 
     def write_start(self, child: int | None) -> None:
         box = self.box
@@ -267,13 +270,13 @@ class _Stub:
         """
         for pid in self.live_relays:
             try:
-                os.killpg(pid, _signal.SIGKILL)
+                posix.killpg(pid, _signal.SIGKILL)
             except ProcessLookupError:
                 pass
         for group in self.relays:
             try:
                 while True:
-                    os.waitpid(-group, 0)
+                    posix.waitpid(-group, 0)
             except ChildProcessError:
                 pass
         self.live_relays.clear()
@@ -284,8 +287,8 @@ class _Stub:
 
 
 def _refuse_setid() -> None:
-    ruid, euid, _ = os.getresuid()
-    rgid, egid, _ = os.getresgid()
+    ruid, euid, _ = posix.getresuid()
+    rgid, egid, _ = posix.getresgid()
     if ruid != euid or rgid != egid:
         raise LauncherError(
             "refusing to run setuid/setgid", f"uid {ruid}/{euid} gid {rgid}/{egid}", "install it as a plain executable"
@@ -294,14 +297,14 @@ def _refuse_setid() -> None:
 
 def _stdout_tty() -> str | None:
     try:
-        return os.ttyname(1) if os.isatty(1) else None
+        return posix.ttyname(1) if posix.isatty(1) else None
     except OSError:
         return None
 
 
 def _current_dir() -> str | None:
     try:
-        return os.getcwd()
+        return posix.getcwd()
     except OSError:
         return None  # deleted or unreachable: PID 1 falls back to $HOME, then /
 
@@ -346,7 +349,7 @@ def _identity(mount: sandbox.Mount, resolved: str) -> tuple[int, int] | None:
         return None
     # --bind-fd: the descriptor's own file, whatever its path holds by now.
     try:
-        found = os.fstat(mount.fd) if mount.fd is not None else os.stat(resolved)
+        found = posix.fstat(mount.fd) if mount.fd is not None else posix.stat(resolved)
     except OSError as err:
         raise LauncherError.from_os(f"{mount.kind} source", mount.source, err) from None
     return found.st_dev, found.st_ino
@@ -354,8 +357,8 @@ def _identity(mount: sandbox.Mount, resolved: str) -> tuple[int, int] | None:
 
 def _resolve(mount: sandbox.Mount, path: str, optional: bool | None = None) -> tuple[str, bool] | None:
     try:
-        resolved = os.path.realpath(path, strict=True)
-        return resolved, stat.S_ISDIR(os.stat(resolved).st_mode)
+        resolved = oslite.realpath(path)
+        return resolved, _stat.S_ISDIR(posix.stat(resolved).st_mode)
     except OSError as err:
         if (mount.optional if optional is None else optional) and err.errno == 2:
             return None
@@ -377,7 +380,7 @@ def _seccomp_programs(programs: list) -> list[kernel.SeccompProgram]:
 
 def environment(operations: list[tuple]) -> dict[str, str]:
     """The caller's environment with the sandbox's operations applied in order."""
-    env = dict(os.environ)
+    env = oslite.environ()
     for operation in operations:
         if operation[0] == sandbox.SETENV:
             env[operation[1]] = operation[2]
@@ -401,7 +404,7 @@ def _phase_two_flags(box: sandbox.Sandbox) -> int:
         flags |= kernel.CLONE_NEWIPC
     if box.uts:
         flags |= kernel.CLONE_NEWUTS
-    if box.cgroup is True or (box.cgroup == "try" and os.path.exists("/proc/self/ns/cgroup")):
+    if box.cgroup is True or (box.cgroup == "try" and oslite.exists("/proc/self/ns/cgroup")):
         flags |= kernel.CLONE_NEWCGROUP
     return flags
 
@@ -414,7 +417,7 @@ def _unshared(box: sandbox.Sandbox) -> list[str]:
     return names
 
 
-def _notify_on_records(channel) -> None:  # type: ignore[no-untyped-def]
+def _notify_on_records(channel: int) -> None:
     # Signal-driven I/O: the kernel sends SIGIO when a record arrives, so
     # the one sigwaitinfo of the supervisor also waits for records.
     # SIGIO is blocked first: its default action would kill the stub. A
@@ -422,8 +425,8 @@ def _notify_on_records(channel) -> None:  # type: ignore[no-untyped-def]
     import fcntl
 
     _signal.pthread_sigmask(_signal.SIG_BLOCK, (signals.SIGIO,))
-    fcntl.fcntl(channel.fileno(), fcntl.F_SETOWN, os.getpid())
-    fcntl.fcntl(channel.fileno(), fcntl.F_SETFL, fcntl.fcntl(channel.fileno(), fcntl.F_GETFL) | os.O_ASYNC)
+    fcntl.fcntl(channel, fcntl.F_SETOWN, posix.getpid())
+    fcntl.fcntl(channel, fcntl.F_SETFL, fcntl.fcntl(channel, fcntl.F_GETFL) | posix.O_ASYNC)
 
 
 def _close_caller_fds(box: sandbox.Sandbox, keep: list[int]) -> None:
@@ -440,12 +443,12 @@ def _write_status(fd: int, data: bytes, close: bool) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[posix.write(fd, view) :]
     except OSError as err:
         raise LauncherError.from_os("status fd", str(fd), err) from None
     finally:
         if close:
             try:
-                os.close(fd)
+                posix.close(fd)
             except OSError:
                 pass

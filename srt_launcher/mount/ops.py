@@ -20,10 +20,11 @@ points. Every mount is made in three steps:
 """
 
 import errno
-import os
-import stat
+import posix
 
-from srt_launcher import kernel, sandbox
+import _stat
+
+from srt_launcher import kernel, oslite, sandbox
 from srt_launcher.errors import LauncherError
 from srt_launcher.mount.target import CREATE_DIR, CREATE_FILE, Follower, open_in_root, open_parent_in_root
 
@@ -126,9 +127,9 @@ def _target(mount: sandbox.Mount, ctx: MountContext, create: str | None, mode: i
     # An existing target of the wrong kind is named as bubblewrap's
     # ensure_dir/ensure_file name it, not by the mount's EINVAL later.
     wrong = {CREATE_DIR: (False, errno.ENOTDIR), CREATE_FILE: (True, errno.EISDIR)}.get(create)
-    if wrong is not None and stat.S_ISDIR(os.fstat(fd).st_mode) == wrong[0]:
-        os.close(fd)
-        raise LauncherError.from_os(mount.kind, mount.dest, OSError(wrong[1], os.strerror(wrong[1])))
+    if wrong is not None and _stat.S_ISDIR(posix.fstat(fd).st_mode) == wrong[0]:
+        posix.close(fd)
+        raise LauncherError.from_os(mount.kind, mount.dest, OSError(wrong[1], posix.strerror(wrong[1])))
     return fd
 
 
@@ -162,7 +163,7 @@ def attach(scratch: str, target_fd: int, ctx: MountContext, step: str, shown: st
         _detach_quietly(scratch)
         raise _fail(step, shown, err) from None
     finally:
-        os.close(target_fd)
+        posix.close(target_fd)
 
 
 def _detach_quietly(scratch: str) -> None:
@@ -189,13 +190,13 @@ def _bind(step: Step, ctx: MountContext) -> None:
     try:
         bind_mount(ctx, host_path(step.source), scratch, _BIND_FLAGS[mount.kind], mount.kind, mount.dest, step.is_dir)
     except BaseException:
-        os.close(target)
+        posix.close(target)
         raise
     if step.identity is not None:
         try:
             _check_same_inode(scratch, step)
         except BaseException:
-            os.close(target)
+            posix.close(target)
             raise
     attach(scratch, target, ctx, mount.kind, mount.dest)
 
@@ -208,7 +209,7 @@ def _check_same_inode(scratch: str, step: Step) -> None:
     was asked for, nor what a sandbox prepared ahead was checked against."""
     mount = step.mount
     try:
-        mounted = os.lstat(scratch)
+        mounted = posix.lstat(scratch)
     except OSError as err:
         _detach_quietly(scratch)
         raise _fail(mount.kind, mount.dest, err) from None
@@ -295,7 +296,7 @@ def _flags_of_mount_at(path: str) -> int:
     ST_RDONLY is also set for a read-only superblock under a rw mount; making
     such a mount ro changes nothing a process can do.
     """
-    flags = os.statvfs(path).f_flag
+    flags = posix.statvfs(path).f_flag
     return (flags & _STATVFS_AS_MOUNT_FLAGS) | (kernel.MS_NOSYMFOLLOW if flags & _ST_NOSYMFOLLOW else 0)
 
 
@@ -319,7 +320,7 @@ def _remount_ro(step: Step, ctx: MountContext) -> None:
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
-        os.close(target)
+        posix.close(target)
 
 
 # ---------------------------------------------------------------- file systems
@@ -343,7 +344,7 @@ def _mount_new(ctx: MountContext, source: str, fstype: str, flags: int, data: st
     try:
         _mount(source, SCRATCH_DIR, fstype, flags, data, mount.kind, mount.dest)
     except BaseException:
-        os.close(target)
+        posix.close(target)
         raise
     attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
 
@@ -366,7 +367,7 @@ def _proc(step: Step, ctx: MountContext) -> None:
         _cover_proc(ctx, mount)
     except BaseException:
         _detach_quietly(SCRATCH_DIR)
-        os.close(target)
+        posix.close(target)
         raise
     attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
 
@@ -387,9 +388,9 @@ def _cover_proc(ctx: MountContext, mount: sandbox.Mount) -> None:
         # No access(W_OK) shortcut as in bubblewrap: procfs refuses write
         # access to the /proc/sys directory itself, yet the sysctl files in it
         # are writable by uid 0 without any capability (the root workload).
-        if not os.path.lexists(path):
+        if not oslite.lexists(path):
             continue
-        recursive = stat.S_ISDIR(os.lstat(path).st_mode)
+        recursive = _stat.S_ISDIR(posix.lstat(path).st_mode)
         bind_mount(ctx, path, path, BIND_READ_ONLY, f"{mount.kind}: cover", f"{mount.dest}/{name}", recursive)
 
 
@@ -400,7 +401,7 @@ def _dev(step: Step, ctx: MountContext) -> None:
         _build_dev(ctx, mount.dest)
     except BaseException:
         _detach_quietly(SCRATCH_DIR)
-        os.close(target)
+        posix.close(target)
         raise
     attach(SCRATCH_DIR, target, ctx, mount.kind, mount.dest)
 
@@ -415,15 +416,15 @@ def _build_dev(ctx: MountContext, shown: str) -> None:
     try:
         for name, host in nodes:
             source = host_path(host)
-            if not os.path.exists(source):
+            if not oslite.exists(source):
                 continue
             node = f"{SCRATCH_DIR}/{name}"
-            os.close(os.open(node, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+            posix.close(posix.open(node, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, 0o444))
             bind_mount(ctx, source, node, BIND_DEVICE_NODE, "dev", f"{shown}/{name}", recursive=False)
         for name, link in DEV_SYMLINKS:
-            os.symlink(link, f"{SCRATCH_DIR}/{name}")
-        os.mkdir(f"{SCRATCH_DIR}/shm", 0o755)
-        os.mkdir(f"{SCRATCH_DIR}/pts", 0o755)
+            posix.symlink(link, f"{SCRATCH_DIR}/{name}")
+        posix.mkdir(f"{SCRATCH_DIR}/shm", 0o755)
+        posix.mkdir(f"{SCRATCH_DIR}/pts", 0o755)
     except OSError as err:
         raise _fail("dev", shown, err) from None
     _mount(
@@ -452,7 +453,7 @@ def _overlay(step: Step, ctx: MountContext) -> None:
     try:
         kernel.mount("overlay", SCRATCH_DIR, "overlay", 0, data)
     except OSError as err:
-        os.close(target)
+        posix.close(target)
         if err.errno == errno.ELOOP:  # "Too many levels of symbolic links" says nothing useful here
             raise LauncherError(mount.kind, mount.dest, "Overlay directories may not overlap", source=data) from None
         raise _fail(mount.kind, mount.dest, err, data) from None
@@ -466,8 +467,8 @@ def _tmp_overlay_dirs(ctx: MountContext, mount: sandbox.Mount) -> tuple[str, str
     ctx.tmp_overlays += 1
     upper, work = f"/tmp-overlay-upper-{index}", f"/tmp-overlay-work-{index}"
     try:
-        os.mkdir(upper, 0o755)
-        os.mkdir(work, 0o755)
+        posix.mkdir(upper, 0o755)
+        posix.mkdir(work, 0o755)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     return upper, work
@@ -483,7 +484,7 @@ def _escape(path: str) -> str:
 
 def _dir(step: Step, ctx: MountContext) -> None:
     mount = step.mount
-    os.close(_target(mount, ctx, CREATE_DIR, 0o755 if mount.perms is None else mount.perms))
+    posix.close(_target(mount, ctx, CREATE_DIR, 0o755 if mount.perms is None else mount.perms))
 
 
 def _file(step: Step, ctx: MountContext) -> None:
@@ -492,15 +493,15 @@ def _file(step: Step, ctx: MountContext) -> None:
     perms = 0o666 if mount.perms is None else mount.perms
     target = _target(mount, ctx, CREATE_FILE, perms)
     try:
-        fd = os.open(_FD_LINKS + str(target), os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        fd = posix.open(_FD_LINKS + str(target), posix.O_WRONLY | posix.O_TRUNC | posix.O_CLOEXEC)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
-        os.close(target)
+        posix.close(target)
     try:
         _write_data(fd, mount)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _bind_data(step: Step, ctx: MountContext) -> None:
@@ -509,29 +510,29 @@ def _bind_data(step: Step, ctx: MountContext) -> None:
     perms = 0o600 if mount.perms is None else mount.perms
     staged = "/bind-data"
     try:
-        fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, perms)
+        fd = posix.open(staged, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, perms)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     try:
-        os.fchmod(fd, perms)
+        posix.fchmod(fd, perms)
         _write_data(fd, mount)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
-        os.close(fd)
+        posix.close(fd)
     try:
         target = _target(mount, ctx, CREATE_FILE, 0o444)
         flags = BIND_READ_ONLY if mount.kind == sandbox.RO_BIND_DATA else BIND_READ_WRITE
         try:
             bind_mount(ctx, staged, SCRATCH_FILE, flags, mount.kind, mount.dest, recursive=False)
         except BaseException:
-            os.close(target)
+            posix.close(target)
             raise
         attach(SCRATCH_FILE, target, ctx, mount.kind, mount.dest)  # closes target
     finally:
         # Only once the mount is in place: the kernel refuses to move a
         # mount whose root has been unlinked (move_mount and MS_MOVE: ENOENT).
-        os.unlink(staged)
+        posix.unlink(staged)
 
 
 def _write_data(fd: int, mount: sandbox.Mount) -> None:
@@ -539,12 +540,12 @@ def _write_data(fd: int, mount: sandbox.Mount) -> None:
         if mount.data is not None:
             view = memoryview(mount.data)
             while view:
-                view = view[os.write(fd, view) :]
+                view = view[posix.write(fd, view) :]
             return
-        while chunk := os.read(mount.fd, _CHUNK):
+        while chunk := posix.read(mount.fd, _CHUNK):
             view = memoryview(chunk)
             while view:
-                view = view[os.write(fd, view) :]
+                view = view[posix.write(fd, view) :]
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
 
@@ -556,19 +557,19 @@ def _symlink(step: Step, ctx: MountContext) -> None:
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     try:
-        os.symlink(mount.source, name, dir_fd=parent)
+        posix.symlink(mount.source, name, dir_fd=parent)
     except FileExistsError:
         _check_existing_symlink(parent, name, mount)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
-        os.close(parent)
+        posix.close(parent)
 
 
 def _check_existing_symlink(parent: int, name: str, mount: sandbox.Mount) -> None:
     # As bubblewrap: the same link already there is fine, anything else is not.
     try:
-        existing = os.readlink(name, dir_fd=parent)
+        existing = posix.readlink(name, dir_fd=parent)
     except OSError as err:
         if err.errno == errno.EINVAL:
             raise LauncherError(mount.kind, mount.dest, "destination exists and is not a symlink") from None
@@ -581,11 +582,11 @@ def _chmod(step: Step, ctx: MountContext) -> None:
     mount = step.mount
     target = _target(mount, ctx, None)
     try:
-        os.chmod(_FD_LINKS + str(target), mount.perms)
+        posix.chmod(_FD_LINKS + str(target), mount.perms)
     except OSError as err:
         raise _fail(mount.kind, mount.dest, err) from None
     finally:
-        os.close(target)
+        posix.close(target)
 
 
 _APPLY = {

@@ -19,7 +19,7 @@ runs in PID 1, in a fresh mount namespace, before the worker exists:
    it. No chroot: a chroot can be escaped with a second chroot, a pivot cannot.
 """
 
-import os
+import posix
 
 from srt_launcher import kernel, sandbox
 from srt_launcher.errors import LauncherError
@@ -33,7 +33,7 @@ def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host
     _step("make / a slave", "/", kernel.mount, None, "/", None, kernel.MS_SILENT | kernel.MS_SLAVE | kernel.MS_REC)
     # The host procfs, kept open across the pivot: every bind needs mountinfo,
     # and the sandbox may have no /proc of its own yet (or ever).
-    proc_fd = _step("open /proc", "/proc", os.open, "/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    proc_fd = _step("open /proc", "/proc", posix.open, "/proc", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
     if any(step.mount.kind == sandbox.REMOUNT_RO for step in steps) or not kernel.has_mount_setattr():
         # Read only by --remount-ro and the remount fallback, and there is
         # nothing to import from once the host root has been pivoted away.
@@ -47,7 +47,7 @@ def build(steps: list[ops.Step], tty_path: str | None, pid_namespace: bool, host
         _detach_old_root()
         _switch_to_new_root()
     finally:
-        os.close(proc_fd)
+        posix.close(proc_fd)
 
 
 def _step(step: str, shown: str, call, *args):  # type: ignore[no-untyped-def]
@@ -59,18 +59,18 @@ def _step(step: str, shown: str, call, *args):  # type: ignore[no-untyped-def]
 
 def _enter_staging() -> None:
     _step("staging tmpfs", STAGING, kernel.mount, "tmpfs", STAGING, "tmpfs", kernel.MS_NODEV | kernel.MS_NOSUID, "mode=0755")
-    _step("staging", STAGING, os.chdir, STAGING)
-    _step("staging", "newroot", os.mkdir, "newroot", 0o755)
+    _step("staging", STAGING, posix.chdir, STAGING)
+    _step("staging", "newroot", posix.mkdir, "newroot", 0o755)
     _step("staging", "newroot", kernel.mount, "newroot", "newroot", None, kernel.MS_SILENT | kernel.MS_BIND | kernel.MS_REC)
-    _step("staging", "oldroot", os.mkdir, "oldroot", 0o755)
-    _step("staging", "scratch", os.mkdir, ops.SCRATCH_DIR.lstrip("/"), 0o755)
+    _step("staging", "oldroot", posix.mkdir, "oldroot", 0o755)
+    _step("staging", "scratch", posix.mkdir, ops.SCRATCH_DIR.lstrip("/"), 0o755)
     _step("staging", "scratch", _make_file, ops.SCRATCH_FILE.lstrip("/"))
     _step("pivot_root", STAGING, kernel.pivot_root, STAGING, "oldroot")
-    _step("staging", "/", os.chdir, "/")
+    _step("staging", "/", posix.chdir, "/")
 
 
 def _make_file(path: str) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+    posix.close(posix.open(path, posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_CLOEXEC, 0o444))
 
 
 def _detach_old_root() -> None:
@@ -81,12 +81,12 @@ def _detach_old_root() -> None:
 def _switch_to_new_root() -> None:
     # pivot_root(".", ".") is legal: the kernel only checks that put_old is
     # reachable from new_root. runc and LXC switch roots the same way.
-    old_root = _step("switch root", "/", os.open, "/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    old_root = _step("switch root", "/", posix.open, "/", posix.O_DIRECTORY | posix.O_RDONLY | posix.O_CLOEXEC)
     try:
-        _step("switch root", ops.NEWROOT, os.chdir, ops.NEWROOT)
+        _step("switch root", ops.NEWROOT, posix.chdir, ops.NEWROOT)
         _step("pivot_root", ops.NEWROOT, kernel.pivot_root, ".", ".")
-        _step("switch root", "/", os.fchdir, old_root)
+        _step("switch root", "/", posix.fchdir, old_root)
         _step("switch root", "staging root", kernel.umount2, ".", kernel.MNT_DETACH)
-        _step("switch root", "/", os.chdir, "/")
+        _step("switch root", "/", posix.chdir, "/")
     finally:
-        os.close(old_root)
+        posix.close(old_root)

@@ -31,12 +31,15 @@ redirected either.
 """
 
 import errno
-import os
-import stat
+import posix
+
+import _stat
+
+from srt_launcher import kernel
 
 # As the kernel's own path walk: a loop of symlinks fails with ELOOP.
 _MAX_SYMLINKS = 40
-_O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_PATH = posix.O_PATH | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 CREATE_DIR = "dir"
 CREATE_FILE = "file"
@@ -60,20 +63,25 @@ class Follower:
     @classmethod
     def of_this_process(cls, proc_fd: int) -> "Follower":
         """This process as follower; ``proc_fd`` is a procfs where ``self`` is it."""
-        with open(os.open("self/uid_map", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd), "rb") as uid_map:
-            every_uid = uid_map.read().split() == [b"0", b"0", b"4294967295"]
-        if every_uid:
-            return cls(os.geteuid())
-        with open(os.open("sys/kernel/overflowuid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd), "rb") as overflow:
-            return cls(os.geteuid(), int(overflow.read()))
+        if _read_proc(proc_fd, "self/uid_map").split() == [b"0", b"0", b"4294967295"]:
+            return cls(posix.geteuid())
+        return cls(posix.geteuid(), int(_read_proc(proc_fd, "sys/kernel/overflowuid")))
 
-    def may_follow(self, directory: int, link: os.stat_result) -> bool:
-        parent = os.fstat(directory)
-        if not (parent.st_mode & stat.S_ISVTX and parent.st_mode & stat.S_IWOTH):
+    def may_follow(self, directory: int, link: posix.stat_result) -> bool:
+        parent = posix.fstat(directory)
+        if not (parent.st_mode & _stat.S_ISVTX and parent.st_mode & _stat.S_IWOTH):
             return True
         if link.st_uid == self.unknown:
             return False
         return link.st_uid == self.uid or (parent.st_uid != self.unknown and parent.st_uid == link.st_uid)
+
+
+def _read_proc(proc_fd: int, name: str) -> bytes:
+    fd = posix.open(name, posix.O_RDONLY | posix.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return kernel.read_to_eof(fd)
+    finally:
+        posix.close(fd)
 
 
 def _parts(path: str) -> list[str]:
@@ -100,21 +108,21 @@ def open_in_root(
     Raises OSError with the kernel's errno (EACCES for a link refused so).
     """
     if follower is None:
-        follower = Follower(os.geteuid())
+        follower = Follower(posix.geteuid())
     pending = _parts(dest)
     pending.reverse()
-    stack = [os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)]
+    stack = [posix.open(root, posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)]
     budget = _MAX_SYMLINKS
     try:
         while pending:
             name = pending.pop()
             if name == "..":
                 if len(stack) > 1:
-                    os.close(stack.pop())
+                    posix.close(stack.pop())
                 continue
             last = not pending
             try:
-                fd = os.open(name, _O_PATH, dir_fd=stack[-1])
+                fd = posix.open(name, _O_PATH, dir_fd=stack[-1])
             except FileNotFoundError:
                 if create is None:
                     raise
@@ -122,9 +130,9 @@ def open_in_root(
                 budget = _spend(budget)
                 pending.append(name)  # open what is there now (ours, or a racer's: resolved like any other)
                 continue
-            found = os.fstat(fd)
-            kind = stat.S_IFMT(found.st_mode)
-            if kind == stat.S_IFLNK and (follow or not last):
+            found = posix.fstat(fd)
+            kind = _stat.S_IFMT(found.st_mode)
+            if kind == _stat.S_IFLNK and (follow or not last):
                 budget = _spend(budget)
                 target = _read_link(stack[-1], name, fd, found, follower, dest)
                 if target is None:
@@ -136,14 +144,14 @@ def open_in_root(
                 continue
             if last:
                 return fd
-            if kind != stat.S_IFDIR:
-                os.close(fd)
-                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
+            if kind != _stat.S_IFDIR:
+                posix.close(fd)
+                raise OSError(errno.ENOTDIR, posix.strerror(errno.ENOTDIR), dest)
             stack.append(fd)
-        return os.dup(stack[-1])  # dest was "/", or ended in ".."
+        return posix.dup(stack[-1])  # dest was "/", or ended in ".."
     finally:
         for fd in stack:
-            os.close(fd)
+            posix.close(fd)
 
 
 def open_parent_in_root(root: str, dest: str, parent_mode: int = 0o755, follower: Follower | None = None) -> tuple[int, str]:
@@ -151,31 +159,31 @@ def open_parent_in_root(root: str, dest: str, parent_mode: int = 0o755, follower
     missing, resolved inside the root), and that component's name."""
     parts = _parts(dest)
     if not parts or parts[-1] == "..":
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), dest)
+        raise OSError(errno.EINVAL, posix.strerror(errno.EINVAL), dest)
     parent = open_in_root(root, "/".join(parts[:-1]), CREATE_DIR, parent_mode, parent_mode, follower=follower)
-    if not stat.S_ISDIR(os.fstat(parent).st_mode):
-        os.close(parent)
-        raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), dest)
+    if not _stat.S_ISDIR(posix.fstat(parent).st_mode):
+        posix.close(parent)
+        raise OSError(errno.ENOTDIR, posix.strerror(errno.ENOTDIR), dest)
     return parent, parts[-1]
 
 
-def _read_link(directory: int, name: str, fd: int, found: os.stat_result, follower: Follower, dest: str) -> str | None:
+def _read_link(directory: int, name: str, fd: int, found: posix.stat_result, follower: Follower, dest: str) -> str | None:
     """The target of the symlink ``fd`` (closed here), None if ``name`` no
     longer holds it; EACCES if ``follower`` may not follow it."""
     try:
         if not _still_there(directory, name, found):
             return None
         if not follower.may_follow(directory, found):
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES), dest)
+            raise OSError(errno.EACCES, posix.strerror(errno.EACCES), dest)
         # The link whose owner was checked, not what the name holds now.
-        return os.readlink("", dir_fd=fd)
+        return posix.readlink("", dir_fd=fd)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
-def _still_there(directory: int, name: str, found: os.stat_result) -> bool:
+def _still_there(directory: int, name: str, found: posix.stat_result) -> bool:
     try:
-        now = os.stat(name, dir_fd=directory, follow_symlinks=False)
+        now = posix.stat(name, dir_fd=directory, follow_symlinks=False)
     except FileNotFoundError:
         return False
     return (now.st_dev, now.st_ino) == (found.st_dev, found.st_ino)
@@ -183,16 +191,16 @@ def _still_there(directory: int, name: str, found: os.stat_result) -> bool:
 
 def _spend(budget: int) -> int:
     if budget <= 0:
-        raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
+        raise OSError(errno.ELOOP, posix.strerror(errno.ELOOP))
     return budget - 1
 
 
 def _create(directory: int, name: str, kind: str, mode: int) -> None:
     try:
         if kind == CREATE_DIR:
-            os.mkdir(name, mode, dir_fd=directory)
+            posix.mkdir(name, mode, dir_fd=directory)
         else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            os.close(os.open(name, flags, mode, dir_fd=directory))
+            flags = posix.O_WRONLY | posix.O_CREAT | posix.O_EXCL | posix.O_NOFOLLOW | posix.O_CLOEXEC
+            posix.close(posix.open(name, flags, mode, dir_fd=directory))
     except FileExistsError:
         pass  # made meanwhile: the caller opens and checks what is there

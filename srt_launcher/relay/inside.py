@@ -23,12 +23,12 @@ connection is pending, off the stub's critical path.
 
 import errno
 import fcntl
-import os
+import posix
 import select
-import stat
 
 import _signal
 import _socket
+import _stat
 
 from srt_launcher import kernel, privileges
 from srt_launcher.errors import LauncherError, report
@@ -60,8 +60,8 @@ def start_relays(relays: list[tuple[int, str]]) -> list[int]:
         return _fork_all(prepared)
     finally:
         for relay in prepared:
-            os.close(relay.listener)
-            os.close(relay.target)
+            posix.close(relay.listener)
+            posix.close(relay.target)
 
 
 def _prepare(port: int, path: str) -> _Relay:
@@ -69,7 +69,7 @@ def _prepare(port: int, path: str) -> _Relay:
     try:
         target = _above_stdio(_pin(path))
     except BaseException:
-        os.close(listener)
+        posix.close(listener)
         raise
     return _Relay(port, path, listener, target)
 
@@ -82,7 +82,7 @@ def _above_stdio(fd: int) -> int:
     try:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
     finally:
-        os.close(fd)
+        posix.close(fd)
 
 
 def _listen(port: int) -> int:
@@ -118,19 +118,19 @@ def _pin(path: str) -> int:
     except OSError as err:
         raise LauncherError.from_os("relay socket", path, err) from None
     try:
-        problem = _socket_problem(os.fstat(fd))
+        problem = _socket_problem(posix.fstat(fd))
     except OSError as err:
-        os.close(fd)
+        posix.close(fd)
         raise LauncherError.from_os("relay socket", path, err) from None
     if problem:
-        os.close(fd)
+        posix.close(fd)
         raise LauncherError("relay socket", path, problem)
     return fd
 
 
 # The kernel's own limit on symlinks followed in one lookup (MAXSYMLINKS).
 _MAX_SYMLINKS = 40
-_WALK_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_WALK_FLAGS = posix.O_PATH | posix.O_NOFOLLOW | posix.O_CLOEXEC
 
 
 class _Untrusted(Exception):
@@ -157,7 +157,7 @@ def _resolve_trusted(path: str) -> int:
     symlink is refused: give the real path.
     """
     pending = path.split("/")
-    dir_fd = os.open("/" if path.startswith("/") else ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = posix.open("/" if path.startswith("/") else ".", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
     walked = "/" if path.startswith("/") else ""
     links = 0
     try:
@@ -165,10 +165,10 @@ def _resolve_trusted(path: str) -> int:
             name = pending.pop(0)
             if name in ("", "."):
                 continue
-            fd = os.open(name, _WALK_FLAGS, dir_fd=dir_fd)
+            fd = posix.open(name, _WALK_FLAGS, dir_fd=dir_fd)
             where = walked + name
-            if not stat.S_ISLNK(os.fstat(fd).st_mode):
-                os.close(dir_fd)
+            if not _stat.S_ISLNK(posix.fstat(fd).st_mode):
+                posix.close(dir_fd)
                 dir_fd, walked = fd, where + "/"
                 continue
             try:
@@ -176,20 +176,20 @@ def _resolve_trusted(path: str) -> int:
                     raise _Untrusted(f"refusing the symlink {where}: a sandbox could have planted it (give the path it leads to)")
                 links += 1
                 if links > _MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP))
-                target = os.readlink("", dir_fd=fd)  # readlinkat(fd, ""): this very symlink, not the name again
+                    raise OSError(errno.ELOOP, posix.strerror(errno.ELOOP))
+                target = posix.readlink("", dir_fd=fd)  # readlinkat(fd, ""): this very symlink, not the name again
             finally:
-                os.close(fd)
+                posix.close(fd)
             pending[:0] = target.split("/")
             if target.startswith("/"):
-                os.close(dir_fd)
-                dir_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                posix.close(dir_fd)
+                dir_fd = posix.open("/", posix.O_PATH | posix.O_DIRECTORY | posix.O_CLOEXEC)
                 walked = "/"
         fd, dir_fd = dir_fd, -1
         return fd
     finally:
         if dir_fd >= 0:
-            os.close(dir_fd)
+            posix.close(dir_fd)
 
 
 def _sandbox_could_write(dir_fd: int) -> bool:
@@ -205,9 +205,9 @@ def _sandbox_could_write(dir_fd: int) -> bool:
     caller owns but has made read-only: its owner (hence a workload) can
     chmod it back, so ownership counts as write access.
     """
-    if os.access(".", os.W_OK, dir_fd=dir_fd):
+    if posix.access(".", posix.W_OK, dir_fd=dir_fd):
         return True
-    return os.fstat(dir_fd).st_uid == os.geteuid() and not _has_effective_capability(_CAP_DAC_OVERRIDE)
+    return posix.fstat(dir_fd).st_uid == posix.geteuid() and not _has_effective_capability(_CAP_DAC_OVERRIDE)
 
 
 _CAP_DAC_OVERRIDE = 1
@@ -221,7 +221,7 @@ def _has_effective_capability(cap: int) -> bool:
     return False
 
 
-def _socket_problem(found: os.stat_result) -> str | None:
+def _socket_problem(found: posix.stat_result) -> str | None:
     """Why the pinned inode cannot be relayed to, if it cannot: it must be a
     socket with exactly one name.
 
@@ -231,7 +231,7 @@ def _socket_problem(found: os.stat_result) -> str | None:
     reach through the relay a socket the seccomp filter keeps it from
     connecting to. A socket made by bind(2) has one name.
     """
-    if not stat.S_ISSOCK(found.st_mode):
+    if not _stat.S_ISSOCK(found.st_mode):
         return "not a Unix socket"
     if found.st_nlink != 1:
         return f"a socket with {found.st_nlink} names (a hard link is refused)"
@@ -239,9 +239,9 @@ def _socket_problem(found: os.stat_result) -> str | None:
 
 
 def _fork_all(prepared: list[_Relay]) -> list[int]:
-    stub = os.getpid()
+    stub = posix.getpid()
     try:
-        pid = os.fork()
+        pid = posix.fork()
     except OSError as err:
         raise LauncherError.from_os("relay fork", ", ".join(f"{_LOOPBACK}:{relay.port}" for relay in prepared), err) from None
     if pid == 0:
@@ -249,7 +249,7 @@ def _fork_all(prepared: list[_Relay]) -> list[int]:
     # Set from both sides: the stub's killpg must find the group even if it
     # runs before the child's own setpgid.
     try:
-        os.setpgid(pid, pid)
+        posix.setpgid(pid, pid)
     except OSError:
         pass  # the child already did it, or already died (it is reaped later)
     return [pid]
@@ -263,8 +263,8 @@ def _relay_process(prepared: list[_Relay], stub: int) -> None:
     try:
         # PDEATHSIG first: from here the relay cannot outlive the stub.
         privileges.set_parent_death_signal(_signal.SIGKILL)
-        if os.getppid() != stub:
-            os._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
+        if posix.getppid() != stub:
+            posix._exit(0)  # the stub died before PDEATHSIG was armed: nobody would kill us
         _keep_only_fds(prepared)
         # Undumpable already: the stub was when it forked us (stub._loopback_and_relays).
         # Everything else waits for a first pending connection: the relay starts
@@ -288,7 +288,7 @@ def _relay_process(prepared: list[_Relay], stub: int) -> None:
     except BaseException as err:  # the relay must never return into the stub's code
         code = report(LauncherError("relay", ", ".join(f"{_LOOPBACK}:{relay.port}" for relay in prepared), repr(err)))
     finally:
-        os._exit(code)
+        posix._exit(code)
 
 
 def _upstream(loop, relay: _Relay):  # type: ignore[no-untyped-def]
@@ -310,7 +310,7 @@ def _become_relay() -> None:
     # Own process group: the stub's killpg reaches the relay, and a
     # terminal's ^C (sent to the foreground group) does not. (The stub also
     # sets it, right after the fork.)
-    os.setpgid(0, 0)
+    posix.setpgid(0, 0)
     privileges.drop_all_capabilities()
     # EPIPE is handled where it happens; SIGPIPE would kill the relay mid-write.
     _signal.signal(_signal.SIGPIPE, _signal.SIG_IGN)
@@ -326,7 +326,7 @@ def _keep_only_fds(prepared: list[_Relay]) -> None:
     waiting for EOF. stdin and stdout become /dev/null rather than closed,
     so no socket can be numbered 0 or 1.
     """
-    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
+    null = posix.open("/dev/null", posix.O_RDWR | posix.O_CLOEXEC)
+    posix.dup2(null, 0)
+    posix.dup2(null, 1)
     kernel.close_fds_except([fd for relay in prepared for fd in (relay.listener, relay.target)])
