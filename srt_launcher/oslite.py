@@ -117,18 +117,34 @@ def realpath(path: str) -> str:
     there is no such file.
 
     The kernel's own answer (the file opened, its /proc/self/fd link read)
-    costs two syscalls where ``posixpath`` reads every component. Without a
-    usable /proc (a sandbox with none), ``os.path`` does it.
+    costs a few syscalls where ``posixpath`` reads every component. That
+    answer is a path only where it names, from this process's root, the
+    file that was opened: the link's text is the file's path within its own
+    mount namespace, so a file reached through /proc/PID/root of a process
+    in another one (a container whose relative symlink picks any name it
+    likes) reads as the host file of that name; a /proc that is not procfs
+    can say anything. Otherwise, and without a usable /proc (a sandbox with
+    none), ``os.path`` does it, as it always did.
     """
     fd = posix.open(path, posix.O_PATH | posix.O_CLOEXEC)
     try:
-        resolved = posix.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        resolved = ""
+        try:
+            resolved = posix.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            resolved = ""
+        if resolved.startswith("/") and not resolved.endswith(" (deleted)") and _names(resolved, fd):
+            return resolved
     finally:
         posix.close(fd)
-    if resolved.startswith("/") and not resolved.endswith(" (deleted)"):
-        return resolved
     import os.path
 
     return os.path.realpath(path, strict=True)
+
+
+def _names(path: str, fd: int) -> bool:
+    """Whether ``path`` is, from this process's root, the file open at ``fd``."""
+    try:
+        found, opened = posix.stat(path), posix.fstat(fd)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino) == (opened.st_dev, opened.st_ino)

@@ -380,6 +380,36 @@ def test_missing_bind_source_fails_naming_the_path(launcher):
     assert result.stderr.splitlines()[0] == "srt-launcher: ro-bind source: /nonexistent/srt-source: No such file or directory"
 
 
+def test_a_source_in_another_mount_namespace_never_binds_the_host_file_it_names(launcher, shared_dir):
+    # A process in a mount namespace of its own (a container, a sandbox) has
+    # a tmpfs over <shared>/over, and there a symlink over/link -> f. Bound
+    # through /proc/PID/root, the kernel reaches that namespace's f, whose
+    # /proc/self/fd link reads "<shared>/over/f": its path in *that*
+    # namespace. Taken as a host path, it is the host's file under the
+    # tmpfs: whoever owns the namespace would pick, by a symlink, which host
+    # file the caller's sandbox gets. Resolved on the host root (SPEC §2.4),
+    # "/proc/PID/root" is "/", and <shared>/over/link does not exist there.
+    over = shared_dir / "over"
+    over.mkdir()
+    (over / "f").write_text("the host's own\n")
+    os.chown(over, launcher.uid, launcher.gid)
+    script = f"mount -t tmpfs foreign {over} && echo foreign > {over}/f && ln -s f {over}/link && echo ready && exec sleep 600"
+    holder = subprocess.Popen(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        stdout=subprocess.PIPE, text=True, **launcher.process_kwargs(),
+    )
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        source = f"/proc/{holder.pid}/root{over}/link"
+        result = launcher.run(*SYSTEM, "--tmpfs", "/mnt", "--ro-bind", source, "/mnt/x", "--", "/bin/cat", "/mnt/x")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "the host's own" not in result.stdout
+    assert result.returncode == 125, result.stderr
+    assert result.stderr.splitlines() == [f"srt-launcher: ro-bind source: {source}: No such file or directory"]
+
+
 def test_uncreatable_target_fails_with_125_and_no_traceback(launcher):
     result = launcher.sh("true", *SYSTEM, "--tmpfs", "/mnt", "--ro-bind", "/usr", "/etc/srt-launcher-new/x")
     assert result.returncode == 125

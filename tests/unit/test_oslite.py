@@ -75,3 +75,29 @@ def test_files_as_os_path(tmp_path: Path):
         else:
             assert oslite.realpath(path) == expected, name
     assert oslite.exists("a\0b") is False and oslite.lexists("a\0b") is False
+
+
+def test_a_file_in_another_mount_namespace_is_not_taken_for_the_host_file_of_its_name(tmp_path: Path):
+    # /proc/PID/root of a process in another mount namespace: the kernel
+    # follows that namespace's own symlink (over -> f, on its tmpfs), and the
+    # link of the file opened reads "<tmp_path>/over/f", its path in *that*
+    # namespace. From here, the name is the host's file hidden under that
+    # tmpfs: a realpath that returned it would name a file the namespace chose.
+    import subprocess
+
+    (tmp_path / "over").mkdir()
+    (tmp_path / "over" / "f").write_text("the host's own\n")
+    over = tmp_path / "over"
+    script = f"mount -t tmpfs foreign {over} && echo foreign > {over}/f && ln -s f {over}/link && echo ready && exec sleep 600"
+    holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        through = f"/proc/{holder.pid}/root{over}/link"
+        assert open(through).read() == "foreign\n"  # the kernel's own view: the other namespace's file
+        with pytest.raises(FileNotFoundError):
+            os.path.realpath(through, strict=True)  # "/proc/PID/root" reads as "/": <tmp_path>/over/link, none here
+        with pytest.raises(FileNotFoundError):
+            oslite.realpath(through)
+    finally:
+        holder.kill()
+        holder.wait()
