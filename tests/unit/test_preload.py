@@ -325,3 +325,31 @@ def test_a_boot_that_cannot_trust_the_loader_imports_as_usual(installed, spoil):
     spoil(image, image.parent.parent / "_preload.py")
     imported = _boot_imports(installed)
     assert {"srt_launcher", "srt_launcher._preload", "srt_launcher.__main__"} <= set(imported), imported
+
+
+def test_a_boot_run_from_another_mount_namespace_finds_no_package_by_its_name_there(installed, tmp_path):
+    # A process in a mount namespace of its own has a tmpfs over <h>, with a
+    # copy of the boot in <h>/bin and a symlink <h>/go -> bin/srt-launcher-boot.
+    # Run through /proc/PID/root, the boot's /proc/self/fd link reads
+    # "<h>/bin/srt-launcher-boot", its path in *that* namespace: taken as a
+    # path here, <h> is the prefix, and the package someone put under the
+    # host's <h> (hidden there by the tmpfs) would run. Resolved here as the
+    # path's own text, the prefix is the one the caller named.
+    host = tmp_path / "h"
+    planted = host / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages" / "srt_launcher"
+    planted.mkdir(parents=True)
+    mark = tmp_path / "planted-ran"
+    (planted / "__init__.py").write_text("")
+    (planted / "__main__.py").write_text(f"open({str(mark)!r}, 'w').close()\ndef main():\n    return 0\n")
+    boot = installed / "bin" / "srt-launcher-boot"
+    script = f"mount -t tmpfs foreign {host} && mkdir {host}/bin && cp {boot} {host}/bin/ && ln -s bin/srt-launcher-boot {host}/go && echo ready && exec sleep 600"
+    holder = subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "ready\n"
+        result = subprocess.run([sys.executable, "-I", "-S", f"/proc/{holder.pid}/root{host}/go", "--version"], capture_output=True, text=True, timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not mark.exists()
+    assert result.returncode == 125
+    assert result.stderr.startswith("srt-launcher: start: no srt_launcher package for python"), result.stderr
