@@ -327,6 +327,39 @@ def test_a_link_in_a_directory_only_the_caller_writes_is_followed(bw, planted):
     assert (planted / "victim").stat().st_mode & 0o7777 == 0o640
 
 
+def test_after_the_callers_uid_map_a_link_the_caller_owns_in_a_sticky_directory_is_followed(bw, planted):
+    """With --userns-block-fd the caller writes the maps after the fork:
+    PID 1, not the stub, must learn who it is (mount/target.py Follower),
+    or the caller's own link in a /tmp would read as a stranger's."""
+    sticky = planted / "sticky"
+    (sticky / "mine").symlink_to("../victim")
+    os.lchown(sticky / "mine", bw.launcher.uid, bw.launcher.gid)
+    outer_uid = bw.launcher.uid
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    process = bw.popen(
+        "--bind", "/", "/", "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r),
+        "--uid", "0", "--gid", "0", "--chmod", "0640", str(sticky / "mine"), "true",
+        pass_fds=(info_w, block_r), stderr=subprocess.PIPE, text=True,
+    )
+    os.close(info_w)
+    os.close(block_r)
+    try:
+        pid = json.loads(read_all(info_r, timeout=10))["child-pid"]
+        for name, text in (("uid_map", f"0 {outer_uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"0 {outer_uid} 1\n")):
+            with open(f"/proc/{pid}/{name}", "w") as handle:
+                handle.write(text)
+        os.write(block_w, b"x")
+        _, err = process.communicate(timeout=TIMEOUT)
+    finally:
+        os.close(block_w)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, err
+    assert (planted / "victim").stat().st_mode & 0o7777 == 0o640
+
+
 # A classic-BPF program refusing uname(2) with EPERM on the native ABI, allowing the rest.
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 _UNAME = {"x86_64": 63, "aarch64": 160}
