@@ -372,6 +372,15 @@ def read_to_eof(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+def read_file(path: str, dir_fd: int | None = None) -> bytes:
+    """The whole file at ``path`` (relative to ``dir_fd`` if given), read with posix alone."""
+    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return read_to_eof(fd)
+    finally:
+        posix.close(fd)
+
+
 def keep_above(fd: int, floor: int) -> int:
     """``fd``, renumbered at or above ``floor`` if below it (close-on-exec)."""
     if fd >= floor:

@@ -14,7 +14,6 @@ pyseccomp (SPEC §4), and nothing beyond os, sys and modules run.py
 has already loaded.
 """
 
-import posix
 import sys
 
 from srt_launcher import kernel, oslite
@@ -67,7 +66,7 @@ def load_filter(name: str) -> bytes:
     for directory in _BLOB_DIRS:
         path = oslite.join(directory, blob)
         try:
-            program = _read_file(path)
+            program = kernel.read_file(path)
         except FileNotFoundError:
             continue
         except OSError as err:
@@ -76,14 +75,6 @@ def load_filter(name: str) -> bytes:
             raise LauncherError(STEP, path, "not a seccomp BPF program (size is not a multiple of 8 bytes)")
         return program
     raise LauncherError(STEP, oslite.join(_BLOB_DIRS[0], blob), "filter missing from the installation")
-
-
-def _read_file(path: str) -> bytes:
-    fd = posix.open(path, posix.O_RDONLY | posix.O_CLOEXEC)
-    try:
-        return kernel.read_to_eof(fd)
-    finally:
-        posix.close(fd)
 
 
 def prepare(program: bytes) -> kernel.SeccompProgram:

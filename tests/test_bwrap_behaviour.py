@@ -334,29 +334,8 @@ def test_after_the_callers_uid_map_a_link_the_caller_owns_in_a_sticky_directory_
     sticky = planted / "sticky"
     (sticky / "mine").symlink_to("../victim")
     os.lchown(sticky / "mine", bw.launcher.uid, bw.launcher.gid)
-    outer_uid = bw.launcher.uid
-    info_r, info_w = os.pipe()
-    block_r, block_w = os.pipe()
-    process = bw.popen(
-        "--bind", "/", "/", "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r),
-        "--uid", "0", "--gid", "0", "--chmod", "0640", str(sticky / "mine"), "true",
-        pass_fds=(info_w, block_r), stderr=subprocess.PIPE, text=True,
-    )
-    os.close(info_w)
-    os.close(block_r)
-    try:
-        pid = json.loads(read_all(info_r, timeout=10))["child-pid"]
-        for name, text in (("uid_map", f"0 {outer_uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"0 {outer_uid} 1\n")):
-            with open(f"/proc/{pid}/{name}", "w") as handle:
-                handle.write(text)
-        os.write(block_w, b"x")
-        _, err = process.communicate(timeout=TIMEOUT)
-    finally:
-        os.close(block_w)
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
+    code, _, err = launch_with_the_callers_maps(bw, "--bind", "/", "/", "--chmod", "0640", str(sticky / "mine"), "true")
+    assert code == 0, err
     assert (planted / "victim").stat().st_mode & 0o7777 == 0o640
 
 
@@ -459,38 +438,42 @@ def test_a_setup_failure_before_any_process_writes_no_record(bw):
     assert (info, records) == ({}, [])
 
 
-def test_userns_block_fd_waits_for_the_callers_uid_map(bw, debian_bwrap):
-    """The caller reads the info document to its end, writes the maps, then lets the sandbox go on.
+def launch_with_the_callers_maps(bw, *args: str, program: str | None = None) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
+    """An --unshare-user launch as uid 0 in it, whose maps the caller
+    writes (0 -> its own uid) once the info document has ended, then lets
+    it go on through --userns-block-fd: (status, stdout, stderr).
 
     An info fd still open in PID 1 would keep the document from ending: the caller would wait forever.
     """
     outer_uid = bw.launcher.uid
+    info_r, info_w = os.pipe()
+    block_r, block_w = os.pipe()
+    process = bw.popen(
+        "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r), "--uid", "0", "--gid", "0", *args,
+        program=program, pass_fds=(info_w, block_r), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(info_w)
+    os.close(block_r)
+    try:
+        pid = json.loads(read_all(info_r, timeout=10))["child-pid"]
+        for name, text in (("uid_map", f"0 {outer_uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"0 {outer_uid} 1\n")):
+            with open(f"/proc/{pid}/{name}", "w") as handle:
+                handle.write(text)
+        os.write(block_w, b"x")
+        out, err = process.communicate(timeout=TIMEOUT)
+        return process.returncode, out, err
+    finally:
+        os.close(block_w)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
-    def launch(program: str) -> tuple[int, str]:
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        process = bw.popen(
-            "--ro-bind", "/", "/", "--unshare-user", "--info-fd", str(info_w), "--userns-block-fd", str(block_r),
-            "--uid", "0", "--gid", "0", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map",
-            program=program, pass_fds=(info_w, block_r), stdout=subprocess.PIPE, text=True,
-        )
-        os.close(info_w)
-        os.close(block_r)
-        try:
-            pid = json.loads(read_all(info_r, timeout=10))["child-pid"]
-            for name, text in (("uid_map", f"0 {outer_uid} 1\n"), ("setgroups", "deny\n"), ("gid_map", f"0 {outer_uid} 1\n")):
-                with open(f"/proc/{pid}/{name}", "w") as handle:
-                    handle.write(text)
-            os.write(block_w, b"x")
-            out, _ = process.communicate(timeout=TIMEOUT)
-            return process.returncode, out
-        finally:
-            os.close(block_w)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
-    assert launch(bw.path) == launch(debian_bwrap) == (0, f"0\n0\n         0 {outer_uid:10d}          1\n")
+def test_userns_block_fd_waits_for_the_callers_uid_map(bw, debian_bwrap):
+    """The caller reads the info document to its end, writes the maps, then lets the sandbox go on."""
+    argv = ("--ro-bind", "/", "/", "sh", "-c", "id -u; id -g; cat /proc/self/uid_map")
+    expected = f"0\n0\n         0 {bw.launcher.uid:10d}          1\n"
+    assert launch_with_the_callers_maps(bw, *argv)[:2] == launch_with_the_callers_maps(bw, *argv, program=debian_bwrap)[:2] == (0, expected)
 
 
 def test_sync_fd_ends_when_the_sandbox_does(bw, marker):

@@ -63,9 +63,9 @@ class Follower:
     @classmethod
     def of_this_process(cls, proc_fd: int) -> "Follower":
         """This process as follower; ``proc_fd`` is a procfs where ``self`` is it."""
-        if _read_proc(proc_fd, "self/uid_map").split() == [b"0", b"0", b"4294967295"]:
+        if kernel.read_file("self/uid_map", proc_fd).split() == [b"0", b"0", b"4294967295"]:
             return cls(posix.geteuid())
-        return cls(posix.geteuid(), int(_read_proc(proc_fd, "sys/kernel/overflowuid")))
+        return cls(posix.geteuid(), int(kernel.read_file("sys/kernel/overflowuid", proc_fd)))
 
     def may_follow(self, directory: int, link: posix.stat_result) -> bool:
         parent = posix.fstat(directory)
@@ -74,14 +74,6 @@ class Follower:
         if link.st_uid == self.unknown:
             return False
         return link.st_uid == self.uid or (parent.st_uid != self.unknown and parent.st_uid == link.st_uid)
-
-
-def _read_proc(proc_fd: int, name: str) -> bytes:
-    fd = posix.open(name, posix.O_RDONLY | posix.O_CLOEXEC, dir_fd=proc_fd)
-    try:
-        return kernel.read_to_eof(fd)
-    finally:
-        posix.close(fd)
 
 
 def _parts(path: str) -> list[str]:
